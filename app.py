@@ -1,0 +1,90 @@
+"""CNN Explorer, home page: draw or upload a digit and see what the network reads."""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit_drawable_canvas import st_canvas
+
+from cnn_core.preprocess import MAX_UPLOAD_BYTES, ImageError, load_image, preprocess
+from ui.figures import image_heatmap, probability_bars
+from ui.state import clear_digit, current_digit, get_model, get_trace, set_digit
+
+st.set_page_config(page_title="CNN Explorer", page_icon="🔢", layout="wide")
+
+CANVAS_SIZE = 280
+STROKE_WIDTH = 20  # about 2 px of the 28x28 input once the digit is scaled into its 20x20 box
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
+
+st.title("CNN Explorer")
+st.write(
+    "Draw a digit, or upload a photo of one, and watch a convolutional neural network read it. "
+    "The pages on the left open the network up: every feature map, the architecture, "
+    "and why a CNN needs far fewer weights than a plain fully connected network."
+)
+
+loaded = get_model()
+left, right = st.columns([1, 1], gap="large")
+
+with left:
+    mode = st.radio("Input", ["Draw", "Upload"], horizontal=True, key="input_mode",
+                    label_visibility="collapsed")
+    if mode == "Draw":
+        st.caption("Draw one digit, large, in the middle. The prediction follows each stroke; "
+                   "use the canvas toolbar to undo or clear.")
+        canvas = st_canvas(
+            stroke_width=STROKE_WIDTH, stroke_color="#FFFFFF", background_color="#000000",
+            height=CANVAS_SIZE, width=CANVAS_SIZE, drawing_mode="freedraw",
+            return_image_data=True, key="canvas",
+        )
+        drawn = canvas.image_data if canvas is not None else None
+        if drawn is not None:
+            result = preprocess(drawn)
+            if result.blank:
+                clear_digit(only_source_prefix="your drawing")
+            else:
+                set_digit(result.pixels, "your drawing")
+    else:
+        upload = st.file_uploader(
+            "Upload an image of one digit", type=UPLOAD_TYPES, key="upload",
+            help=f"PNG, JPEG, BMP, GIF or WebP, up to {MAX_UPLOAD_BYTES // 2**20} MB. "
+                 "Dark ink on light paper is fine: it is inverted like MNIST.",
+        )
+        if upload is not None:
+            try:
+                result = preprocess(load_image(upload.getvalue()))
+            except ImageError as e:
+                st.error(f"{upload.name}: {e}")
+                clear_digit(only_source_prefix="upload")
+            else:
+                if result.blank:
+                    st.warning(f"{upload.name} looks blank: no digit found to classify.")
+                    clear_digit(only_source_prefix="upload")
+                else:
+                    st.image(upload.getvalue(), caption=upload.name, width=180)
+                    set_digit(result.pixels, f"upload {upload.name}")
+
+digit = current_digit()
+with right:
+    if digit is None:
+        st.info("Draw a digit on the canvas (white on black), or upload an image, to see the prediction.")
+    else:
+        trace = get_trace(digit)
+        a, b = st.columns([1, 1])
+        with a:
+            st.metric("Prediction", str(trace.prediction), f"{trace.confidence:.1%} confident",
+                      delta_color="off")
+            st.caption(f"Input: {digit.source}")
+        with b:
+            st.plotly_chart(image_heatmap(digit.pixels, "What the network sees (28x28)", height=220),
+                            key="input_preview", config={"displayModeBar": False})
+        st.plotly_chart(probability_bars(trace.probabilities), key="probabilities",
+                        config={"displayModeBar": False})
+
+st.divider()
+st.markdown(
+    f"**The network** ({loaded.card.get('parameters', 0):,} parameters, "
+    f"{loaded.card.get('metrics', {}).get('test_accuracy', 0):.2%} on "
+    f"{loaded.card.get('metrics', {}).get('test_examples', 0):,} MNIST test digits): "
+    "conv 3x3 (32) → ReLU → max-pool → conv 3x3 (64) → ReLU → max-pool → flatten → dropout → "
+    "linear 128 → linear 10. Open **Feature maps** to follow your digit through every layer."
+)

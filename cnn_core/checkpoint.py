@@ -1,0 +1,169 @@
+"""Saving and loading weights together with their model card.
+
+A checkpoint is two files: ``NAME.pt`` (a plain ``state_dict``) and ``NAME.json``
+(the model card: architecture, how it was trained, sha256 of the ``.pt`` file,
+measured accuracy). Loading refuses anything that does not match its card, and
+never unpickles code (``torch.load(..., weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model import ModelConfig, build_model, config_from_dict
+
+MAX_WEIGHTS_BYTES = 64 * 1024 * 1024
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+SHIPPED_WEIGHTS = MODELS_DIR / "mnist_cnn.pt"
+SHIPPED_MLP_WEIGHTS = MODELS_DIR / "mnist_mlp.pt"
+
+
+class WeightsError(ValueError):
+    """A weights file or model card that cannot be used; str(e) says what is wrong."""
+
+
+@dataclass
+class LoadedModel:
+    """An eval-mode model with its card."""
+
+    model: nn.Sequential
+    config: ModelConfig
+    card: dict
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", "model"))
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def card_path_for(weights_path: str | Path) -> Path:
+    """The model card that belongs to a weights file: same name, ``.json``."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    A crash or an interrupt never leaves a half-written file in place of a good one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:  # owns fd from here: closed even if a write fails
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600 files; weights are meant to be shared
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def state_dict_bytes(model: nn.Module) -> bytes:
+    """The model's state_dict serialised with ``torch.save``."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(model: nn.Module, config: ModelConfig, weights_path: str | Path, card: dict) -> dict:
+    """Write weights and card atomically; returns the full card (with sha256 and parameter count)."""
+    data = state_dict_bytes(model)
+    full = dict(card)
+    full.update(
+        architecture=config.to_dict(),
+        weights_file=Path(weights_path).name,
+        sha256=sha256_bytes(data),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+    weights_path = Path(weights_path)
+    # Keep the old weights so that a failed card write can put them back: the pair must match.
+    previous = weights_path.read_bytes() if weights_path.is_file() else None
+    atomic_write_bytes(weights_path, data)
+    try:
+        atomic_write_bytes(card_path_for(weights_path), (json.dumps(full, indent=2) + "\n").encode())
+    except BaseException:
+        if previous is not None:
+            atomic_write_bytes(weights_path, previous)
+        else:
+            weights_path.unlink(missing_ok=True)
+        raise
+    return full
+
+
+def parse_card(card_bytes: bytes, where: str = "model card") -> dict:
+    """Parse a model card's JSON and check it has what loading needs."""
+    try:
+        card = json.loads(card_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{where} is not valid JSON: {e}") from e
+    if not isinstance(card, dict):
+        raise WeightsError(f"{where} must be a JSON object")
+    for key in ("architecture", "sha256"):
+        if key not in card:
+            raise WeightsError(f"{where} has no '{key}' entry")
+    return card
+
+
+def load_checkpoint_bytes(weights: bytes, card_bytes: bytes, where: str = "weights") -> LoadedModel:
+    """Validate and load weights given as bytes with their card's bytes."""
+    card = parse_card(card_bytes, f"model card of {where}")
+    if len(weights) > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{where} is {len(weights) / 1e6:.0f} MB; the limit is {MAX_WEIGHTS_BYTES / 1e6:.0f} MB")
+    digest = sha256_bytes(weights)
+    if digest != card["sha256"]:
+        raise WeightsError(
+            f"{where} is corrupted or was changed: its sha256 is {digest[:12]}..., "
+            f"the model card expects {str(card['sha256'])[:12]}..."
+        )
+    try:
+        config = config_from_dict(card["architecture"])
+        model = build_model(config)
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: e.g. a negative channel count
+        raise WeightsError(f"the model card of {where} describes an invalid architecture: {e}") from e
+    try:
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - damaged pickles also raise KeyError, IndexError, TypeError...
+        raise WeightsError(f"{where} is not a plain PyTorch state_dict and was refused: {e}") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{where} is not a state_dict (a mapping of names to tensors)")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise WeightsError(f"{where} does not match its architecture: missing {missing}, unexpected {extra}")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise WeightsError(f"{where}: '{k}' has shape {tuple(state[k].shape)}, the architecture needs {tuple(v.shape)}")
+    model.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model=model, config=config, card=card)
+
+
+def load_checkpoint(weights_path: str | Path = SHIPPED_WEIGHTS, card_path: str | Path | None = None) -> LoadedModel:
+    """Load a weights file and its model card, checking the sha256 and the shapes."""
+    weights_path = Path(weights_path)
+    card_path = Path(card_path) if card_path else card_path_for(weights_path)
+    if not weights_path.is_file():
+        raise WeightsError(f"weights file {weights_path} is missing; train one with `python -m cnn_core.train`")
+    if not card_path.is_file():
+        raise WeightsError(f"model card {card_path} for {weights_path.name} is missing")
+    if weights_path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{weights_path} is larger than {MAX_WEIGHTS_BYTES // 2**20} MiB")
+    return load_checkpoint_bytes(weights_path.read_bytes(), card_path.read_bytes(), where=str(weights_path))

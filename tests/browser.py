@@ -1,0 +1,235 @@
+"""Helpers for tests that drive the real app in a real browser (not a test module).
+
+- :func:`free_port`, :func:`start_streamlit` / :class:`StreamlitServer`: run ``streamlit run``
+  as a subprocess of the current interpreter (so the tests use the same venv) and wait for
+  its health endpoint.
+- :func:`chromium_path` / :func:`launch_chromium`: Debian's chromium driven by Playwright's
+  sync API; a missing browser skips the test, or fails it when CNN_EXPLORER_REQUIRE_BROWSER=1 (CI).
+- :func:`discover_pages`: the app's pages and their URL paths, from ``pages/*.py``, so that
+  pages added later are covered without touching the tests.
+- :func:`wait_for_script_idle`, :func:`assert_no_errors`: Streamlit-aware waits and checks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT_DIR = ROOT / "artifacts" / "screenshots"
+DOCS_SCREENSHOT_DIR = ROOT / "docs" / "screenshots"
+
+CHROMIUM = Path(os.environ.get("CNN_EXPLORER_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1280, "height": 800}  # a laptop screen
+
+SERVER_START_TIMEOUT_S = 60.0
+TIMEOUT_MS = 30_000  # a first script run on a busy 2-core machine takes several seconds
+
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class StreamlitServer:
+    """A running ``streamlit run`` subprocess and where to reach it."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    _log_file: object = field(repr=False, default=None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """Everything the server printed so far (stdout and stderr)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it does not stop within 10 s) and remove its log."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self._log_file is not None:
+            self._log_file.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_streamlit(script: str = "app.py", timeout_s: float = SERVER_START_TIMEOUT_S) -> StreamlitServer:
+    """Start ``python -m streamlit run script`` from the project root and wait until it is healthy.
+
+    Output goes to a temporary file rather than a pipe: a pipe nobody reads fills up and
+    blocks the server. Fails the test with the server's output if it never comes up.
+    """
+    port = free_port()
+    log_file = tempfile.NamedTemporaryFile("wb", prefix="streamlit-", suffix=".log", delete=False)
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", script,
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = StreamlitServer(process, port, Path(log_file.name), log_file)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = server.log()
+            server.stop()
+            pytest.fail(f"streamlit exited with code {process.returncode} before serving:\n{log}")
+        if _healthy(server.url):
+            return server
+        time.sleep(0.25)  # polling an HTTP endpoint: there is no event to wait on
+    log = server.log()
+    server.stop()
+    pytest.fail(f"streamlit was not healthy at {server.url} after {timeout_s:.0f} s:\n{log}")
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+def chromium_path() -> Path:
+    """Debian's chromium; skips the test when it is missing, or fails it if CNN_EXPLORER_REQUIRE_BROWSER=1."""
+    if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    reason = (
+        f"no chromium at {CHROMIUM} (install Debian's: sudo apt-get install chromium; "
+        "or point CNN_EXPLORER_CHROMIUM at one)"
+    )
+    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"CNN_EXPLORER_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def launch_chromium(playwright):
+    """A headless chromium Browser from a Playwright sync instance."""
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+    except ImportError:  # pragma: no cover - playwright is in requirements-dev.txt
+        PlaywrightError = Exception
+    try:
+        return playwright.chromium.launch(executable_path=str(chromium_path()), args=CHROMIUM_ARGS)
+    except PlaywrightError as e:
+        if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
+            raise
+        pytest.skip(f"chromium at {CHROMIUM} could not be started: {e}")
+
+
+# --------------------------------------------------------------------------- the app's pages
+
+
+@dataclass(frozen=True)
+class AppPage:
+    """One page of the multipage app."""
+
+    script: Path  # pages/2_Feature_maps.py
+    url_path: str  # Feature_maps
+    title: str  # Feature maps
+
+    @property
+    def screenshot_name(self) -> str:
+        return f"{self.url_path.lower()}.png"
+
+
+def discover_pages(root: Path = ROOT) -> list[AppPage]:
+    """The pages in ``pages/`` in Streamlit's order, with the URL path Streamlit gives each.
+
+    Uses Streamlit's own rules (``streamlit.source_util``): the numeric prefix, a leading
+    emoji and ``.py`` go, runs of spaces/underscores become one underscore.
+    """
+    from streamlit.source_util import page_icon_and_name, page_sort_key
+
+    scripts = [
+        script
+        for script in (root / "pages").glob("*.py")
+        # The files Streamlit itself turns into pages (streamlit.runtime.scriptrunner.script_runner).
+        if not script.name.startswith(".") and script.name != "__init__.py"
+    ]
+    pages = []
+    for script in sorted(scripts, key=page_sort_key):
+        _icon, url_path = page_icon_and_name(script)
+        pages.append(AppPage(script, url_path, url_path.replace("_", " ").strip()))
+    return pages
+
+
+# --------------------------------------------------------------------------- waits and checks
+
+
+def wait_for_script_idle(page, timeout_ms: int = TIMEOUT_MS) -> None:
+    """Wait until the app is connected and its script run is over.
+
+    Streamlit marks its root element with ``data-test-script-state`` (initial, running,
+    rerunRequested, notRunning...) and ``data-test-connection-state``. Only use this after
+    something already showed that the run you care about started (or on a fresh load):
+    right after a click the state may still read notRunning from the previous run.
+    """
+    page.wait_for_function(
+        """() => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            return app !== null
+                && app.getAttribute('data-test-connection-state') === 'CONNECTED'
+                && app.getAttribute('data-test-script-state') === 'notRunning';
+        }""",
+        timeout=timeout_ms,
+    )
+
+
+def error_texts(page) -> list[str]:
+    """Texts of exception boxes and error alerts on the page (empty when all is well)."""
+    found = []
+    for selector in ('[data-testid="stException"]', '[data-testid="stAlertContentError"]'):
+        loc = page.locator(selector)
+        for i in range(loc.count()):
+            found.append(f"{selector}: {loc.nth(i).inner_text()[:2000]}")
+    return found
+
+
+def assert_no_errors(page, where: str) -> None:
+    """Fail with the error texts if the page shows an exception or an st.error."""
+    errors = error_texts(page)
+    assert not errors, f"{where} shows errors:\n" + "\n".join(errors)

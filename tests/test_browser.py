@@ -1,0 +1,349 @@
+"""End to end in a real browser: the app served by ``streamlit run``, driven by chromium.
+
+- Draw: mouse strokes on the canvas ("1", "0", "7"); the Prediction metric must show the
+  digit drawn, and what cnn_core predicts for the canvas's own pixels.
+- Upload: a real MNIST test digit as a PNG file; the prediction must equal the true label
+  and cnn_core's prediction for the same bytes. A non-image file gets a friendly error.
+- Pages: every page in pages/ (found at run time, so new pages are covered), reached both by
+  a fresh URL (no digit drawn yet) and from the sidebar with a drawn digit: no exception,
+  no st.error. Full-page screenshots of everything go to artifacts/screenshots/; with
+  UPDATE_SCREENSHOTS=1 smaller copies for the README go to docs/screenshots/.
+
+Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_REQUIRE_BROWSER=1.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser import (
+    DOCS_SCREENSHOT_DIR,
+    SCREENSHOT_DIR,
+    TIMEOUT_MS,
+    VIEWPORT,
+    assert_no_errors,
+    chromium_path,
+    discover_pages,
+    launch_chromium,
+    start_streamlit,
+    wait_for_script_idle,
+)
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:
+    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
+        raise
+    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+
+UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
+DOCS_WIDTH = 1000  # README screenshots: downscaled to this width...
+DOCS_MAX_HEIGHT = 1600  # ...cut to the top of the page for long pages...
+DOCS_MAX_BYTES = 250_000  # ...and kept under this size
+
+METRIC_VALUE = '[data-testid="stMetricValue"]'
+EXCEPTION = '[data-testid="stException"]'
+ERROR_ALERT = '[data-testid="stAlertContentError"]'
+CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the mouse events
+CANVAS_DRAWING = "canvas.dc-canvas.lower-canvas"  # the strokes, on a transparent background
+
+# Strokes in canvas fractions (0..1 from the top left). Each digit is drawn large and centred,
+# as the page asks; points are close together so Fabric records a smooth path.
+_ELLIPSE = [(0.5 + 0.22 * np.sin(t), 0.5 - 0.33 * np.cos(t)) for t in np.linspace(0, 2 * np.pi, 41)]
+DIGIT_STROKES: dict[int, list[list[tuple[float, float]]]] = {
+    1: [[(0.5, 0.15 + 0.70 * i / 30) for i in range(31)]],
+    0: [_ELLIPSE],
+    7: [
+        [(0.28 + 0.44 * i / 20, 0.2) for i in range(21)],
+        [(0.72 - 0.26 * i / 30, 0.2 + 0.62 * i / 30) for i in range(31)],
+    ],
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir() -> Path:
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser screenshots: {SCREENSHOT_DIR}")
+    return SCREENSHOT_DIR
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    chromium_path()  # skip (or fail in CI) before paying for a server when there is no browser
+    server = start_streamlit("app.py")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    chromium_path()
+    with sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    """A fresh tab (its own cookies, so its own Streamlit session) at laptop size."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def predict():
+    """cnn_core's prediction for an image, exactly as the app computes it: load, preprocess, trace."""
+    from cnn_core.checkpoint import load_checkpoint
+    from cnn_core.introspect import trace
+    from cnn_core.preprocess import load_image, preprocess
+
+    model = load_checkpoint().model
+
+    def run(image) -> int:
+        if isinstance(image, (bytes, bytearray)):
+            image = load_image(bytes(image))
+        result = preprocess(image)
+        assert not result.blank, "the test's own image preprocessed to blank"
+        return trace(model, result.tensor).prediction
+
+    return run
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def open_home(page, server) -> None:
+    """Load the home page and wait for its first script run and the canvas."""
+    page.goto(server.url)
+    wait_for_script_idle(page)
+    page.locator(CANVAS_INPUT).wait_for(state="visible")
+
+
+_RUN_COUNTER_JS = """() => {
+    if (window.__scriptRunsFinished === undefined) {
+        window.__scriptRunsFinished = 0;
+        new MutationObserver(mutations => {
+            for (const m of mutations) {
+                const state = m.target.getAttribute('data-test-script-state');
+                if (state !== m.oldValue && (state === 'notRunning' || state === 'compilationError'))
+                    window.__scriptRunsFinished++;
+            }
+        }).observe(document.documentElement, {subtree: true, attributes: true,
+                   attributeFilter: ['data-test-script-state'], attributeOldValue: true});
+    }
+    return window.__scriptRunsFinished;
+}"""
+
+
+@contextmanager
+def script_rerun(page, timeout_ms: int = TIMEOUT_MS):
+    """Run the body (a click, a stroke, a navigation...) and wait until the rerun it caused is over.
+
+    A counter of finished runs is started before the action, so a fast rerun cannot be missed
+    and a stale "notRunning" from the previous run cannot be mistaken for this one's end.
+    """
+    before = page.evaluate(_RUN_COUNTER_JS)
+    yield
+    page.wait_for_function("n => window.__scriptRunsFinished > n", arg=before, timeout=timeout_ms)
+    wait_for_script_idle(page, timeout_ms)  # a further rerun may have been queued meanwhile
+
+
+def wait_for_rendering(page) -> None:
+    """Wait until every Plotly chart has drawn and every image has loaded (they render after the run)."""
+    # Lazily loaded elements (Plotly among them) show a skeleton until their code has arrived.
+    page.wait_for_function(
+        """() => document.querySelector('[data-testid^="stSkeleton"], [data-testid="stAppSkeleton"]') === null
+              && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+                    .every(c => c.offsetParent === null || c.querySelector('.main-svg') !== null)
+              && [...document.images].every(img => img.complete)""",
+        timeout=TIMEOUT_MS,
+    )
+
+
+def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Draw strokes on the canvas with the mouse, in small steps, waiting for the rerun each stroke causes."""
+    box = page.locator(CANVAS_INPUT).bounding_box()
+    assert box is not None, "the canvas is not visible"
+
+    def at(fx: float, fy: float) -> tuple[float, float]:
+        return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+    for stroke in strokes:
+        with script_rerun(page):
+            page.mouse.move(*at(*stroke[0]))
+            page.mouse.down()
+            for point in stroke[1:]:
+                page.mouse.move(*at(*point), steps=2)
+            page.mouse.up()
+
+
+def canvas_image(page) -> np.ndarray:
+    """The drawing canvas's RGBA pixels, read back from the browser."""
+    url = page.locator(CANVAS_DRAWING).evaluate("c => c.toDataURL('image/png')")
+    data = base64.b64decode(url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+
+
+def prediction_metric(page):
+    """The value of the st.metric labelled "Prediction" (whatever other metrics the page has)."""
+    label = page.get_by_test_id("stMetricLabel").filter(has_text=re.compile(r"^\s*Prediction\s*$"))
+    return page.get_by_test_id("stMetric").filter(has=label).locator(METRIC_VALUE)
+
+
+def shown_prediction(page) -> str:
+    """The predicted digit the page shows (waits for it to appear)."""
+    value = prediction_metric(page)
+    value.wait_for(state="visible")
+    assert value.count() == 1, f"expected one Prediction metric, found {value.count()}"
+    return value.inner_text().strip()
+
+
+def screenshot(page, name: str) -> Path:
+    """A full-page screenshot in artifacts/screenshots (and a README copy with UPDATE_SCREENSHOTS=1).
+
+    Streamlit scrolls inside its main element, not the document, so Playwright's full_page
+    would stop at the viewport: grow the viewport to the content's height for the shot.
+    """
+    page.mouse.move(0, 0)  # hovering the canvas shows its toolbar over the text above it
+    wait_for_rendering(page)
+    height = page.evaluate(
+        """() => Math.max(window.innerHeight, ...[...document.querySelectorAll(
+                 '[data-testid="stMain"], [data-testid="stSidebarContent"]')].map(e => e.scrollHeight))"""
+    )
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(int(height), 12_000)})
+    try:
+        # Let the browser lay out and paint at the new size before the shot.
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        path = SCREENSHOT_DIR / name
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(size)
+    if UPDATE_SCREENSHOTS:
+        write_docs_copy(path)
+    return path
+
+
+def write_docs_copy(path: Path) -> Path:
+    """A README-sized copy: DOCS_WIDTH wide, at most DOCS_MAX_HEIGHT tall, palette PNG, cut shorter if still too big."""
+    DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    img = Image.open(path).convert("RGB")
+    img = img.resize((DOCS_WIDTH, round(img.height * DOCS_WIDTH / img.width)), Image.Resampling.LANCZOS)
+    out = DOCS_SCREENSHOT_DIR / path.name
+    height = min(img.height, DOCS_MAX_HEIGHT)
+    while True:
+        small = img.crop((0, 0, DOCS_WIDTH, height)).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        buf = io.BytesIO()
+        small.save(buf, "PNG", optimize=True)
+        if buf.tell() <= DOCS_MAX_BYTES or height <= DOCS_WIDTH // 2:
+            break
+        height = int(height * 0.8)  # too big: keep the top of the page, which shows the page's point
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def mnist_test_digit(data_dir: Path, label: int) -> np.ndarray:
+    """The first MNIST test digit of class ``label`` (28x28 uint8, white on black), read straight from the IDX files."""
+    with gzip.open(data_dir / "test-5k-images-idx3-ubyte.gz", "rb") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(data_dir / "test-5k-labels-idx1-ubyte.gz", "rb") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return images[int(np.flatnonzero(labels == label)[0])]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("digit", [1, 0, 7])
+def test_drawn_digit_is_predicted(page, app_server, screenshot_dir, predict, digit):
+    open_home(page, app_server)
+    assert prediction_metric(page).count() == 0, "a fresh session already shows a prediction"
+
+    draw(page, DIGIT_STROKES[digit])
+    shown = shown_prediction(page)
+    assert_no_errors(page, f"the home page after drawing a {digit}")
+
+    # The page shows what cnn_core says about the canvas's own pixels...
+    assert shown == str(predict(canvas_image(page))), "the shown prediction is not cnn_core's for the drawing"
+    # ...and that is the digit drawn.
+    assert shown == str(digit), f"drew a {digit}, the app predicts {shown}"
+    if digit == 0:
+        screenshot(page, "home_drawn.png")
+
+
+def test_uploaded_digit_is_predicted(page, app_server, screenshot_dir, predict, data_dir, tmp_path):
+    label = 4
+    png = tmp_path / f"mnist_test_{label}.png"
+    Image.fromarray(mnist_test_digit(data_dir, label)).save(png)
+    expected = predict(png.read_bytes())
+
+    open_home(page, app_server)
+    with script_rerun(page):
+        page.get_by_test_id("stRadio").get_by_text("Upload", exact=True).click()
+    file_input = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    file_input.wait_for(state="attached")
+
+    with script_rerun(page):
+        file_input.set_input_files(str(png))
+    shown = shown_prediction(page)
+    assert_no_errors(page, "the home page after uploading an MNIST digit")
+    assert shown == str(expected), f"the app shows {shown}, cnn_core predicts {expected} for the same file"
+    assert shown == str(label), f"uploaded an MNIST {label}, the app predicts {shown}"
+    screenshot(page, "home_upload.png")
+
+    # Not an image, whatever the name says: a friendly message, no traceback, no stale prediction.
+    fake = tmp_path / "not_a_digit.png"
+    fake.write_text("this is a text file, not a picture of a digit\n")
+    with script_rerun(page):
+        file_input.set_input_files(str(fake))
+    error = page.locator(ERROR_ALERT)
+    error.first.wait_for(state="visible")
+    assert "not_a_digit.png" in error.first.inner_text()
+    assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
+    assert prediction_metric(page).count() == 0, "the previous upload's prediction is still shown"
+
+
+def test_every_page_renders(page, app_server, screenshot_dir):
+    pages = discover_pages()
+    assert pages, "no pages found in pages/"
+
+    # Each page by its own URL, in a new session (nothing drawn yet: the pages fall back to a sample).
+    for app_page in pages:
+        page.goto(f"{app_server.url}/{app_page.url_path}")
+        wait_for_script_idle(page)
+        wait_for_rendering(page)
+        assert_no_errors(page, f"{app_page.url_path} (fresh session)")
+        assert page.locator('[data-testid="stHeading"], h1').count() > 0, f"{app_page.url_path} shows no heading"
+
+    # The sidebar lists exactly these pages, and each still works with a digit drawn on the home page.
+    open_home(page, app_server)
+    nav = page.locator('[data-testid="stSidebarNav"] a')
+    hrefs = {nav.nth(i).get_attribute("href").rstrip("/").rsplit("/", 1)[-1] for i in range(nav.count())}
+    expected = {p.url_path for p in pages}
+    assert expected <= hrefs, f"pages missing from the sidebar: {sorted(expected - hrefs)}"
+    draw(page, DIGIT_STROKES[7])
+    shown_prediction(page)
+    for app_page in pages:
+        link = page.locator(f'[data-testid="stSidebarNav"] a[href$="/{app_page.url_path}"]')
+        with script_rerun(page):
+            link.click()
+        page.wait_for_url(f"**/{app_page.url_path}")
+        assert_no_errors(page, f"{app_page.url_path} (with a drawn digit)")
+        screenshot(page, app_page.screenshot_name)

@@ -1,0 +1,203 @@
+"""The Architecture, ANN vs CNN and Model pages, run headless with Streamlit's AppTest.
+
+Every expected number is computed here from cnn_core, never copied from the page or typed in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from torch import nn
+
+from cnn_core.architecture import layer_table, output_size, total_parameters
+from cnn_core.evaluate import evaluate
+from cnn_core.model import MLPConfig
+from cnn_core.params import cnn_param_count, mlp_layers, mlp_param_count, share, widths_for_share
+
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+ARCHITECTURE = str(PAGES / "2_Architecture.py")
+ANN_VS_CNN = str(PAGES / "3_ANN_vs_CNN.py")
+MODEL = str(PAGES / "4_Model.py")
+MNIST, COLOUR = (28, 28, 1), (64, 64, 3)
+
+
+def run(page: str, **inputs) -> AppTest:
+    """Run ``page`` once, then again with each widget key set to its value; fail on any exception."""
+    at = AppTest.from_file(page, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if inputs:
+        for key, value in inputs.items():
+            at.get_by_key(key).set_value(value)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    """The value of the one metric called ``label``."""
+    values = [m.value for m in at.metric if m.label == label]
+    assert len(values) == 1, f"no single metric {label!r} in {[m.label for m in at.metric]}"
+    return values[0]
+
+
+def all_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def chart_keys(at: AppTest) -> set[str]:
+    return {c.key for c in at.get("plotly_chart")}
+
+
+# --- Architecture -------------------------------------------------------------------------------------
+
+
+def test_architecture_table_lists_every_layer_and_the_total(shipped):
+    rows = layer_table(shipped.model)
+    at = run(ARCHITECTURE)
+    table = at.dataframe[0].value
+    assert list(table["name"]) == [r.name for r in rows]
+    assert list(table["type"]) == [r.kind for r in rows]
+    assert list(table["parameters"]) == [r.parameters for r in rows]
+    assert list(table["output shape"]) == [" × ".join(map(str, r.output_shape)) for r in rows]
+    total = total_parameters(rows)
+    assert total == cnn_param_count() == sum(p.numel() for p in shipped.model.parameters())
+    assert metric(at, "Total parameters") == f"{total:,}" == "421,642"
+    text = all_text(at)
+    # every layer that learns is explained with its own count, and the sum is written out
+    for r in rows:
+        if r.parameters:
+            assert f"**{r.name}**" in text and f"**{r.parameters:,}**" in text
+    assert f"= {total:,}** parameters" in text
+    conv1 = dict(shipped.model.named_children())["conv1"]
+    assert f"{conv1.out_channels} filters × (3×3×{conv1.in_channels} weights + 1 bias)" in text
+    # the formula worked on every convolution and pooling layer
+    for r in rows:
+        if r.size is not None:
+            assert r.size.formula() in text
+    assert "shape_flow" in chart_keys(at)
+
+
+def test_calculator_keeps_the_size_with_padding_one():
+    at = run(ARCHITECTURE, calc_size=28, calc_kernel=3, calc_padding=1, calc_stride=1, calc_filters=32)
+    expected = output_size(28, 3, 1, 1).size
+    assert metric(at, "Output size per side") == str(expected) == "28"
+    assert metric(at, "Output shape (channels × height × width)") == f"32 × {expected} × {expected}"
+    assert not at.warning and not at.error
+
+
+def test_calculator_warns_when_the_stride_does_not_divide():
+    at = run(ARCHITECTURE, calc_size=28, calc_kernel=3, calc_padding=0, calc_stride=2)
+    expected = output_size(28, 3, 0, 2)
+    assert not expected.exact
+    assert metric(at, "Output size per side") == str(expected.size)
+    assert len(at.warning) == 1 and "rounds down" in at.warning[0].value
+    assert not at.error
+
+
+def test_calculator_errors_when_the_kernel_does_not_fit():
+    at = run(ARCHITECTURE, calc_size=5, calc_kernel=9, calc_padding=1, calc_stride=1)
+    assert output_size(5, 9, 1, 1).size < 1
+    assert len(at.error) == 1 and "does not fit" in at.error[0].value
+    assert "Output size per side" not in [m.label for m in at.metric]
+
+
+# --- ANN vs CNN ---------------------------------------------------------------------------------------
+
+
+def cnn_params_by_pytorch(model: nn.Module, hwc: tuple[int, int, int]) -> int:
+    """This CNN fed an H×W×C image, counted by PyTorch itself: conv1 re-made for C channels, fc1 sized lazily."""
+    h, w, c = hwc
+    net = copy.deepcopy(model)
+    conv1, fc1 = net.conv1, net.fc1
+    net.conv1 = nn.Conv2d(c, conv1.out_channels, conv1.kernel_size, conv1.stride, conv1.padding)
+    net.fc1 = nn.LazyLinear(fc1.out_features)
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, c, h, w))
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_ann_page_default_counts_and_per_neuron_weights(shipped):
+    at = run(ANN_VS_CNN)
+    hidden = MLPConfig().hidden
+    cnn = cnn_param_count()
+    assert metric(at, "MLP, 28×28×1 (MNIST)") == f"{mlp_param_count(MNIST, hidden):,}"
+    assert metric(at, "CNN, 28×28×1 (MNIST)") == f"{cnn:,}"
+    assert metric(at, "CNN, 64×64×3 (colour photo)") == f"{cnn_params_by_pytorch(shipped.model, COLOUR):,}"
+    assert metric(at, "MLP neuron, 28×28×1 input") == f"{mlp_layers(MNIST, hidden)[0].weights_per_neuron:,} weights"
+    assert metric(at, "MLP neuron, 64×64×3 input") == f"{mlp_layers(COLOUR, hidden)[0].weights_per_neuron:,} weights"
+    assert metric(at, "conv1 filter") == f"{shipped.model.conv1.weight[0].numel()} weights"
+    # the 'about 7%' claim, with the computed widths and shares
+    text = all_text(at)
+    best_one = widths_for_share(0.07, MNIST, cnn, depth=1)[0]
+    assert f"**{best_one[1]:.1%}**" in text and f"{best_one[0][0]:,} units" in text
+    default_share = share(cnn, mlp_param_count(MNIST, hidden))
+    assert f"**{default_share:.0%}**" in text
+    assert ("the CNN is the bigger one" in text) == (default_share > 1)
+    assert "param_bars" in chart_keys(at)
+    assert not at.error
+
+
+def test_ann_page_counts_the_mlp_the_user_asks_for():
+    at = run(ANN_VS_CNN, mlp_widths="512, 256")
+    assert not at.error
+    for label, shape in (("28×28×1 (MNIST)", MNIST), ("64×64×3 (colour photo)", COLOUR)):
+        mlp = mlp_param_count(shape, (512, 256))
+        assert metric(at, f"MLP, {label}") == f"{mlp:,}"
+        cnn = int(metric(at, f"CNN, {label}").replace(",", ""))
+        assert metric(at, f"CNN as a share of the MLP, {label}") == f"{share(cnn, mlp):.1%}"
+    assert len(at.dataframe) == 1
+    table = at.dataframe[0].value
+    assert list(table["parameters"]) == [d.parameters for s in (MNIST, COLOUR) for d in mlp_layers(s, (512, 256))]
+    # the bar chart plots the same numbers
+    fig = json.loads([c for c in at.get("plotly_chart") if c.key == "param_bars"][0].proto.spec)
+    mlp_bars = [t for t in fig["data"] if t["name"] == "MLP"][0]
+    assert [int(v) for v in mlp_bars["y"]] == [mlp_param_count(s, (512, 256)) for s in (MNIST, COLOUR)]
+    assert fig["layout"]["yaxis"]["type"] == "log"
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "128, -5", "1, 2, 3, 4", ""])
+def test_ann_page_rejects_bad_widths_with_a_message(bad):
+    at = run(ANN_VS_CNN, mlp_widths=bad)
+    assert len(at.error) == 1
+    assert not [m for m in at.metric if m.label.startswith("MLP, ")]
+    # the rest of the page still renders
+    assert "article this app follows" in all_text(at)
+
+
+# --- Model --------------------------------------------------------------------------------------------
+
+
+def test_model_page_measures_the_shipped_model(data_dir, test_split, shipped):
+    expected = evaluate(shipped.model, test_split)
+    correct = int((expected.predictions == test_split.labels).sum())
+    at = run(MODEL, mnist_folder=str(data_dir))
+    assert not at.error
+    assert metric(at, "Test accuracy (measured now)") == f"{expected.accuracy:.2%}"
+    assert metric(at, "Correct") == f"{correct:,} of {len(test_split):,}"
+    assert metric(at, "Parameters") == f"{shipped.card['parameters']:,}"
+    assert metric(at, "Name") == shipped.name
+    assert shipped.card["sha256"] in all_text(at)
+    assert {"confusion", "per_class"} <= chart_keys(at)
+    confusion = json.loads([c for c in at.get("plotly_chart") if c.key == "confusion"][0].proto.spec)
+    assert [[int(v) for v in row] for row in confusion["data"][0]["text"]] == expected.confusion.tolist()
+    # the misclassified grid: the most confident mistakes, in order, with true and predicted labels
+    captions = [c for img in at.get("image") for c in img.captions]
+    shown = expected.misclassified[:24].tolist()
+    assert len(captions) == len(shown)
+    for caption, i in zip(captions, shown):
+        assert caption.startswith(f"{int(test_split.labels[i])} → {int(expected.predictions[i])} ")
+        assert caption.endswith(f"#{i}")
+
+
+def test_model_page_without_mnist_says_so(tmp_path, shipped):
+    at = run(MODEL, mnist_folder=str(tmp_path))
+    assert at.error and str(tmp_path) in at.error[0].value
+    assert "Test accuracy (measured now)" not in [m.label for m in at.metric]
+    # the model card needs no data and is still there
+    assert metric(at, "Name") == shipped.name

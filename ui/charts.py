@@ -1,0 +1,112 @@
+"""Plotly charts of the architecture, parameter and model pages (no Streamlit here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from cnn_core.architecture import LayerRow
+
+CNN_COLOUR = "#4c78a8"
+MLP_COLOUR = "#e45756"
+SECOND_COLOUR = "#72b7b2"
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def shape_flow(rows: Sequence[LayerRow], height: int = 320) -> go.Figure:
+    """How many values each layer outputs (log scale), each bar labelled with its shape.
+
+    Feature maps (C×H×W) are blue, flat vectors green: convolutions add channels, pooling divides
+    the values by four, and the fully connected layers squeeze everything down to 10 scores.
+    """
+    sizes = [int(np.prod(r.output_shape)) for r in rows]
+    colours = [CNN_COLOUR if len(r.output_shape) == 3 else SECOND_COLOUR for r in rows]
+    fig = go.Figure(go.Bar(
+        x=[r.name for r in rows], y=sizes, marker_color=colours, text=[_shape_text(r.output_shape) for r in rows],
+        textposition="outside", cliponaxis=False, customdata=[r.kind for r in rows],
+        hovertemplate="%{x} (%{customdata}): %{text} = %{y:,} values<extra></extra>",
+    ))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), dragmode=False,
+                      title="Values each layer outputs: feature maps C×H×W (blue), vectors (green)",
+                      yaxis=dict(type="log", dtick=1, tickformat=",", title="values (log scale)", fixedrange=True,
+                                 range=[0.5, np.log10(max(sizes)) + 0.5]),
+                      xaxis=dict(type="category", fixedrange=True))
+    return fig
+
+
+def param_bars(groups: Sequence[str], cnn: Sequence[int], mlp: Sequence[int], height: int = 360) -> go.Figure:
+    """CNN versus MLP parameter counts per input shape, grouped bars on a log scale."""
+    fig = go.Figure()
+    for name, values, colour in (("CNN", cnn, CNN_COLOUR), ("MLP", mlp, MLP_COLOUR)):
+        fig.add_trace(go.Bar(x=list(groups), y=list(values), name=name, marker_color=colour,
+                             text=[f"{v:,}" for v in values], textposition="outside", cliponaxis=False,
+                             hovertemplate=f"{name}, %{{x}}: %{{y:,}} parameters<extra></extra>"))
+    top = max([*cnn, *mlp, 1])
+    fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=40, b=10), dragmode=False,
+                      title="Parameters (log scale)", legend=dict(orientation="h", y=1.02, x=1, xanchor="right"),
+                      yaxis=dict(type="log", title="parameters", fixedrange=True,
+                                 # headroom above the tallest bar for its label (log axis: range in powers of 10)
+                                 range=[0, np.log10(top) + 0.6]),
+                      xaxis=dict(type="category", fixedrange=True))
+    return fig
+
+
+def training_curves(history: Sequence[Mapping], height: int = 300) -> go.Figure:
+    """Loss and accuracy per epoch from a model card's history (epoch, loss, train_accuracy, test_accuracy)."""
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Accuracy"), horizontal_spacing=0.1)
+    fig.add_trace(go.Scatter(x=epochs, y=[h.get("loss") for h in history], mode="lines+markers", name="loss",
+                             line=dict(color=CNN_COLOUR), hovertemplate="epoch %{x}: %{y:.4f}<extra></extra>"),
+                  row=1, col=1)
+    for key, label, colour in (("train_accuracy", "train", SECOND_COLOUR), ("test_accuracy", "test", MLP_COLOUR)):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=f"{label} accuracy",
+                                     line=dict(color=colour),
+                                     hovertemplate=f"{label}, epoch %{{x}}: %{{y:.2%}}<extra></extra>"),
+                          row=1, col=2)
+    fig.update_xaxes(title="epoch", dtick=1 if len(epochs) <= 20 else None)
+    fig.update_yaxes(tickformat=".1%", row=1, col=2)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), dragmode=False,
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def confusion_heatmap(confusion, height: int = 480) -> go.Figure:
+    """A 10x10 confusion matrix (rows true digit, columns predicted) with the count in every cell.
+
+    The colour is log-scaled so that the few mistakes stand out next to the large diagonal.
+    """
+    counts = np.asarray(confusion.numpy() if hasattr(confusion, "numpy") else confusion, dtype=float)
+    digits = [str(d) for d in range(counts.shape[0])]
+    fig = go.Figure(go.Heatmap(
+        z=np.log10(counts + 1), x=digits, y=digits, customdata=counts, colorscale="Blues", showscale=False,
+        text=counts.astype(int).tolist(), texttemplate="%{text}", textfont=dict(size=12),
+        hovertemplate="true %{y}, predicted %{x}: %{customdata:.0f}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", title="true digit", type="category", scaleanchor="x",
+                     constrain="domain", fixedrange=True)
+    fig.update_xaxes(title="predicted digit", type="category", side="top", constrain="domain", fixedrange=True)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), dragmode=False)
+    return fig
+
+
+def per_class_bars(per_class: Sequence[float], height: int = 300) -> go.Figure:
+    """Accuracy of each digit class as bars, zoomed to where the bars differ."""
+    values = [float(v) for v in per_class]
+    low = min(values, default=0.0)
+    fig = go.Figure(go.Bar(x=[str(d) for d in range(len(values))], y=values, marker_color=CNN_COLOUR,
+                           text=[f"{v:.1%}" for v in values], textposition="outside", cliponaxis=False,
+                           hovertemplate="digit %{x}: %{y:.2%}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), dragmode=False,
+                      title="Accuracy per digit",
+                      # Start the axis a little below the weakest class: a 0-100% axis hides the differences.
+                      yaxis=dict(tickformat=".0%", range=[max(0.0, low - 0.05), 1.03], fixedrange=True),
+                      xaxis=dict(title="true digit", type="category", fixedrange=True))
+    return fig

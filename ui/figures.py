@@ -1,0 +1,233 @@
+"""Plotly figures of digits, activations and probabilities (no Streamlit here)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+
+PROB_COLOUR = "#4c78a8"
+TOP_COLOUR = "#e45756"
+DIVERGING = "RdBu_r"  # blue negative, white zero, red positive (with zmid=0)
+
+
+def _array(x) -> np.ndarray:
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+def probability_bars(probabilities, height: int = 260) -> go.Figure:
+    """The ten class probabilities as bars, the predicted digit highlighted."""
+    p = _array(probabilities).astype(float)
+    top = int(p.argmax())
+    fig = go.Figure(go.Bar(
+        x=[str(d) for d in range(10)], y=p,
+        marker_color=[TOP_COLOUR if d == top else PROB_COLOUR for d in range(10)],
+        text=[f"{v:.0%}" if v >= 0.01 else "" for v in p], textposition="outside",
+        hovertemplate="digit %{x}: %{y:.2%}<extra></extra>",
+    ))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
+                      yaxis=dict(range=[0, 1.15], tickformat=".0%", title="probability"),
+                      xaxis=dict(title="digit", type="category"), title="Output probabilities (softmax)")
+    return fig
+
+
+def image_heatmap(values, title: str = "", colorscale: str = "gray", zmid: float | None = None,
+                  height: int = 300, showscale: bool = False, zmin: float | None = None,
+                  zmax: float | None = None) -> go.Figure:
+    """One 2-D array as a square heatmap with row 0 at the top (zmin/zmax fix the colour range)."""
+    z = _array(values).astype(float)
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, zmid=zmid, zmin=zmin, zmax=zmax, showscale=showscale,
+                               colorbar=dict(thickness=10),
+                               hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", showticklabels=False, ticks="",
+                     showgrid=False, zeroline=False)
+    fig.update_xaxes(constrain="domain", showticklabels=False, ticks="", showgrid=False, zeroline=False)
+    fig.update_layout(height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), title=title or None)
+    return fig
+
+
+def mosaic(maps, cols: int = 8, gap: int = 1) -> np.ndarray:
+    """Tile (C, H, W) maps into one 2-D array, C in rows of ``cols``, separated by NaN gaps."""
+    m = _array(maps).astype(float)
+    c, h, w = m.shape
+    rows = math.ceil(c / cols)
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
+    for i in range(c):
+        r, k = divmod(i, cols)
+        out[r * (h + gap): r * (h + gap) + h, k * (w + gap): k * (w + gap) + w] = m[i]
+    return out
+
+
+def mosaic_channel(row: int, col: int, shape: tuple[int, int, int], cols: int = 8, gap: int = 1) -> int | None:
+    """Which channel a (row, col) cell of :func:`mosaic` belongs to (None in a gap or past the end)."""
+    c, h, w = shape
+    r, dy = divmod(row, h + gap)
+    k, dx = divmod(col, w + gap)
+    if dy >= h or dx >= w or k >= cols:
+        return None
+    channel = r * cols + k
+    return channel if channel < c else None
+
+
+def _tile_origin(channel: int, h: int, w: int, cols: int, gap: int = 1) -> tuple[int, int]:
+    """(row, col) of the top-left cell of ``channel``'s tile in :func:`mosaic`."""
+    r, k = divmod(channel, cols)
+    return r * (h + gap), k * (w + gap)
+
+
+def feature_map_grid(maps, cols: int = 8, title: str = "", colorscale: str = "Viridis",
+                     zmid: float | None = None, selected: int | None = None,
+                     clickable: bool = False) -> go.Figure:
+    """All feature maps of a layer as one tiled heatmap (one trace: fast to draw), channels labelled.
+
+    ``selected`` outlines that channel's tile. ``clickable`` lays one invisible point on the
+    centre of each tile, so that a click selects the tile under the pointer (Streamlit reports
+    no selection for heatmap cells, only for points); read the click back with
+    :func:`channel_from_selection`.
+    """
+    m = _array(maps)
+    c, h, w = m.shape
+    z = mosaic(m, cols)
+    rows = math.ceil(c / cols)
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, zmid=zmid, hoverongaps=False,
+                               colorbar=dict(thickness=10),
+                               hovertemplate="value %{z:.3f}<extra></extra>"))
+    # Channel numbers as one text trace: one annotation per tile would take a second to build for 64 tiles.
+    origins = [_tile_origin(i, h, w, cols) for i in range(c)]
+    fig.add_trace(go.Scatter(x=[left for _, left in origins], y=[top for top, _ in origins],
+                             mode="text", text=[str(i) for i in range(c)], textposition="bottom right",
+                             textfont=dict(size=9, color="white", shadow="auto"), hoverinfo="skip",
+                             showlegend=False))
+    if selected is not None and 0 <= selected < c:
+        top, left = _tile_origin(selected, h, w, cols)
+        fig.add_shape(type="rect", x0=left - 0.5, x1=left + w - 0.5, y0=top - 0.5, y1=top + h - 0.5,
+                      line=dict(color=TOP_COLOUR, width=3))
+    if clickable:
+        peaks = m.reshape(c, -1).max(axis=1)
+        fig.add_trace(go.Scatter(
+            x=[left + (w - 1) / 2 for _, left in origins], y=[top + (h - 1) / 2 for top, _ in origins],
+            mode="markers", marker=dict(size=12, opacity=0), showlegend=False,
+            customdata=np.stack([np.arange(c), peaks], axis=1),
+            hovertemplate="channel %{customdata[0]:.0f} (max %{customdata[1]:.2f})<br>"
+                          "click to look closer<extra></extra>",
+        ))
+        fig.data[0].hoverinfo = "skip"  # the tile's point answers hover and clicks
+        # No distance cutoff: a click anywhere on a tile picks the nearest centre, i.e. that tile.
+        fig.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select")
+    height_cells, width_cells = z.shape
+    fig.update_yaxes(range=[height_cells - 0.5, -0.5], scaleanchor="x", constrain="domain",
+                     showticklabels=False, ticks="", showgrid=False, zeroline=False, fixedrange=True)
+    fig.update_xaxes(range=[-0.5, width_cells - 0.5], constrain="domain", showticklabels=False, ticks="",
+                     showgrid=False, zeroline=False, fixedrange=True)
+    cell = 60 if w >= 14 else 45
+    fig.update_layout(height=max(200, rows * cell + 60), margin=dict(l=5, r=5, t=30 if title else 5, b=5),
+                      title=title or None, dragmode=False)
+    return fig
+
+
+def channel_from_selection(selection, shape: tuple[int, int, int], cols: int = 8, gap: int = 1) -> int | None:
+    """The channel clicked in a :func:`feature_map_grid`, from a Streamlit plotly selection.
+
+    ``selection`` is the chart event's ``selection`` (a mapping with a ``points`` list whose
+    items carry ``x`` and ``y`` in mosaic cells); None when nothing usable was clicked.
+    """
+    points = (selection or {}).get("points") or []
+    for point in points:
+        x, y = point.get("x"), point.get("y")
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            channel = mosaic_channel(math.floor(y), math.floor(x), shape, cols, gap)
+            if channel is not None:
+                return channel
+    return None
+
+
+def kernel_heatmap(weights, title: str = "", height: int = 220) -> go.Figure:
+    """A small 2-D kernel with its weights written in the cells; blue negative, red positive."""
+    w = _array(weights).astype(float)
+    limit = float(np.abs(w).max()) or 1.0  # symmetric range: white is exactly zero
+    fig = go.Figure(go.Heatmap(z=w, colorscale=DIVERGING, zmin=-limit, zmax=limit, showscale=False,
+                               texttemplate="%{z:.2f}", textfont=dict(size=13),
+                               hovertemplate="row %{y}, col %{x}: %{z:.4f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", showticklabels=False, ticks="",
+                     showgrid=False, zeroline=False, fixedrange=True)
+    fig.update_xaxes(constrain="domain", showticklabels=False, ticks="", showgrid=False, zeroline=False,
+                     fixedrange=True)
+    fig.update_layout(height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), title=title or None,
+                      dragmode=False)
+    return fig
+
+
+def zeroed_mask(before, title: str = "", height: int = 300) -> go.Figure:
+    """Where ReLU zeroed a map: the cells that were negative before it, in red."""
+    z = (_array(before).astype(float) < 0).astype(float)
+    fig = go.Figure(go.Heatmap(z=z, colorscale=[[0, "#f2f2f2"], [1, TOP_COLOUR]], zmin=0, zmax=1,
+                               showscale=False,
+                               hovertemplate="row %{y}, col %{x}: %{z:.0f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", showticklabels=False, ticks="",
+                     showgrid=False, zeroline=False)
+    fig.update_xaxes(constrain="domain", showticklabels=False, ticks="", showgrid=False, zeroline=False)
+    fig.update_layout(height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), title=title or None,
+                      dragmode=False)
+    return fig
+
+
+def pool_winners(before, window: int = 2, title: str = "", height: int = 300,
+                 colorscale: str = "Viridis", zmin: float | None = None, zmax: float | None = None) -> go.Figure:
+    """A map before max pooling, a dot on the cell that wins each ``window`` x ``window`` block."""
+    z = _array(before).astype(float)
+    rows, cols = z.shape[0] // window, z.shape[1] // window  # pooling drops a ragged edge
+    blocks = z[: rows * window, : cols * window].reshape(rows, window, cols, window).transpose(0, 2, 1, 3)
+    best = blocks.reshape(rows, cols, window * window).argmax(axis=2)
+    dy, dx = np.divmod(best, window)
+    ys = (np.arange(rows)[:, None] * window + dy)
+    xs = (np.arange(cols)[None, :] * window + dx)
+    flat = np.ptp(blocks.reshape(rows, cols, -1), axis=2) == 0  # every cell equal (e.g. all zero): no winner to mark
+    ys, xs = ys[~flat], xs[~flat]
+    fig = image_heatmap(z, title, colorscale=colorscale, height=height, showscale=True, zmin=zmin, zmax=zmax)
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", showlegend=False,
+                             marker=dict(size=4, color="white", line=dict(width=1, color="black")),
+                             hovertemplate="kept: row %{y}, col %{x}<extra></extra>"))
+    # Fixed ranges: the dots must not pad the axes, so the map keeps the size of a plain heatmap.
+    fig.update_xaxes(autorange=False, range=[-0.5, z.shape[1] - 0.5])
+    fig.update_yaxes(autorange=False, range=[z.shape[0] - 0.5, -0.5])
+    fig.update_layout(dragmode=False)
+    return fig
+
+
+def activation_bars(values, title: str = "", height: int = 260, highlight: int | None = None,
+                    x_title: str = "unit", y_title: str = "activation") -> go.Figure:
+    """A 1-D vector as bars (negative bars below zero), one bar optionally highlighted."""
+    v = _array(values).astype(float).ravel()
+    colours = [TOP_COLOUR if i == highlight else PROB_COLOUR for i in range(len(v))]
+    fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=colours,
+                           hovertemplate=f"{x_title} %{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 5, b=10), title=title or None,
+                      xaxis=dict(title=x_title, dtick=1 if len(v) <= 20 else None), yaxis=dict(title=y_title),
+                      bargap=0.1, dragmode=False)
+    return fig
+
+
+def vector_strip(values, title: str = "", colorscale: str = "Viridis", height: int = 120,
+                 zmid: float | None = None, highlight: tuple[int, int] | None = None,
+                 zmin: float | None = None, zmax: float | None = None, showscale: bool = True) -> go.Figure:
+    """A 1-D vector as a one-row heatmap strip; ``highlight`` = (start, stop) outlines units start..stop-1."""
+    v = _array(values).astype(float).reshape(1, -1)
+    fig = go.Figure(go.Heatmap(z=v, colorscale=colorscale, zmid=zmid, zmin=zmin, zmax=zmax,
+                               showscale=showscale, colorbar=dict(thickness=10),
+                               hovertemplate="unit %{x}: %{z:.3f}<extra></extra>"))
+    if highlight is not None:
+        fig.add_vrect(x0=highlight[0] - 0.5, x1=highlight[1] - 0.5, line=dict(color=TOP_COLOUR, width=2))
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=20), title=title or None)
+    return fig
+
+
+def mask_strip(dropped, title: str = "", height: int = 110) -> go.Figure:
+    """A 0/1 vector of dropped units as a strip, dropped in red; as wide as a :func:`vector_strip`."""
+    fig = vector_strip(_array(dropped).astype(float), title, colorscale=[[0, "#f2f2f2"], [1, TOP_COLOUR]],
+                       height=height, zmin=0, zmax=1)
+    # Keep the colour bar (so the strip lines up with the others) but label it in words.
+    fig.update_traces(colorbar=dict(thickness=10, tickvals=[0, 1], ticktext=["kept", "dropped"]),
+                      hovertemplate="unit %{x}: %{z:.0f}<extra></extra>")
+    return fig
