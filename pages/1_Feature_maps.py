@@ -24,7 +24,8 @@ BIG = 300  # height of a single map shown large, in pixels
 MAX_SEED = 2**31 - 1
 # What each kind of layer is called in the headers.
 KIND_WORDS = {"Conv2d": "convolution", "ReLU": "ReLU", "MaxPool2d": "max pooling", "AvgPool2d": "average pooling",
-              "Flatten": "flatten", "Dropout": "dropout", "Linear": "fully connected"}
+              "Flatten": "from maps to one vector", "Dropout": "dropout (training only)",
+              "Linear": "fully connected"}
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)

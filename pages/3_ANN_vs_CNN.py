@@ -17,8 +17,9 @@ from ui.state import get_model
 st.set_page_config(page_title="ANN vs CNN · CNN Explorer", page_icon="🔢", layout="wide")
 
 # Input shapes as height × width × channels, the way the comparison is usually told.
-INPUTS = {"28×28×1 (MNIST)": (28, 28, 1), "64×64×3 (colour photo)": (64, 64, 3)}
-MNIST, COLOUR = INPUTS.values()
+MNIST = (28, 28, 1)
+COLOUR = (64, 64, 3)
+INPUTS = {MNIST: "MNIST digit", COLOUR: "colour photo"}
 QUOTED_SHARE = 0.07  # the share of the MLP's parameters the article says the CNN needs
 MAX_HIDDEN_LAYERS = 3
 MAX_WIDTH = 100_000  # enough for any sensible comparison; far more would only show absurd numbers
@@ -68,6 +69,45 @@ def shape_text(hwc: tuple[int, ...]) -> str:
     return "×".join(str(d) for d in hwc)
 
 
+def compare(model: nn.Module, hidden: tuple[int, ...]) -> None:
+    """The CNN against an MLP with these hidden widths, for each input shape: numbers, chart and the MLP's layers."""
+    counts = {hwc: (cnn_params_for(model, hwc), mlp_param_count(hwc, hidden)) for hwc in INPUTS}
+    st.caption(f"MLP: input → {' → '.join(f'{w:,}' for w in hidden)} → 10. CNN: the network of this app, with "
+               "conv1 taking as many channels as the image has and fc1 as many inputs as the last maps hold.")
+    for hwc, (cnn, mlp) in counts.items():
+        cols = st.columns(3)
+        cols[0].metric(f"CNN, {shape_text(hwc)}", f"{cnn:,}", help=f"Parameters for a {INPUTS[hwc]}.")
+        cols[1].metric(f"MLP, {shape_text(hwc)}", f"{mlp:,}", help=f"Parameters for a {INPUTS[hwc]}.")
+        cols[2].metric(f"CNN ÷ MLP, {shape_text(hwc)}", f"{share(cnn, mlp):.1%}",
+                       help="CNN parameters as a share of the MLP's. Over 100%: the CNN is the bigger network.")
+
+    (cnn_mnist, _), (cnn_colour, _) = counts[MNIST], counts[COLOUR]
+    per_neuron = [mlp_layers(hwc, hidden)[0].weights_per_neuron for hwc in (MNIST, COLOUR)]
+    kernel = "×".join(str(k) for k in dict(model.named_children())["conv1"].kernel_size)
+    chart, words = st.columns([3, 2], gap="large")
+    with chart:
+        st.plotly_chart(param_bars([f"{shape_text(h)} ({INPUTS[h]})" for h in counts],
+                                   [cnn for cnn, _ in counts.values()], [mlp for _, mlp in counts.values()]),
+                        key="param_bars", config={"displayModeBar": False})
+    with words:
+        st.write(
+            f"Going from {shape_text(MNIST)} to {shape_text(COLOUR)} multiplies the weights of every neuron in the "
+            f"MLP's first layer by {per_neuron[1] / per_neuron[0]:.1f} ({per_neuron[0]:,} → {per_neuron[1]:,}): "
+            f"one weight per input value. The CNN's filters stay {kernel} and only conv1's gain channels; its growth "
+            f"from {cnn_mnist:,} to {cnn_colour:,} is in fc1, which still reads every value of the last feature "
+            "maps. Deeper CNNs pool further, or average each map, to keep that last step small."
+        )
+    st.markdown("**The MLP, layer by layer**")
+    st.dataframe(
+        [{"input": shape_text(hwc), "layer": f"fc{i}", "inputs": d.inputs, "outputs": d.outputs,
+          "weights": d.weights, "biases": d.outputs, "parameters": d.parameters}
+         for hwc in INPUTS for i, d in enumerate(mlp_layers(hwc, hidden), start=1)],
+        hide_index=True, width="content", key="mlp_table",
+        column_config={k: st.column_config.NumberColumn(format="localized", width=110)
+                       for k in ("inputs", "outputs", "weights", "biases", "parameters")},
+    )
+
+
 def widths_text(widths: tuple[int, ...]) -> str:
     """Equal hidden widths in words: "one hidden layer of 8,192 units"."""
     count = {1: "one hidden layer", 2: "two hidden layers", 3: "three hidden layers"}.get(len(widths))
@@ -77,7 +117,7 @@ def widths_text(widths: tuple[int, ...]) -> str:
 loaded = get_model()
 model = loaded.model
 cnn_params = sum(p.numel() for p in model.parameters())  # the weights are frozen: count them all
-conv1 = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+conv1 = dict(model.named_children())["conv1"]
 conv1_row = next(r for r in layer_table(model) if r.name == "conv1")
 
 st.title("ANN vs CNN: counting parameters")
@@ -90,22 +130,23 @@ st.write(
 st.header("What one neuron sees")
 first_mnist = mlp_layers(MNIST, MLPConfig().hidden)[0]
 first_colour = mlp_layers(COLOUR, MLPConfig().hidden)[0]
+in_channels, kernel_h, kernel_w = conv1.weight.shape[1:]
 filter_weights = conv1.weight[0].numel()
 positions = conv1_row.output_shape[1] * conv1_row.output_shape[2]
 a, b, c = st.columns(3)
 a.metric(f"MLP neuron, {shape_text(MNIST)} input", f"{first_mnist.weights_per_neuron:,} weights",
-         help="One weight per input value: 28 × 28 × 1.")
+         help="One weight per input value: " + " × ".join(map(str, MNIST)) + ", plus one bias.")
 b.metric(f"MLP neuron, {shape_text(COLOUR)} input", f"{first_colour.weights_per_neuron:,} weights",
-         help="One weight per input value: 64 × 64 × 3.")
+         help="One weight per input value: " + " × ".join(map(str, COLOUR)) + ", plus one bias.")
 c.metric("conv1 filter", f"{filter_weights:,} weights",
          help="Kernel height × width × input channels, plus one bias.")
-kc, kh, kw = conv1.weight.shape[1:]
 st.write(
     f"Each neuron in an MLP's first layer has its own {first_mnist.weights_per_neuron:,} weights on a "
     f"{shape_text(MNIST)} digit, and {first_colour.weights_per_neuron:,} on a {shape_text(COLOUR)} colour image. "
-    f"A conv1 filter of this network has {filter_weights} weights ({kh}×{kw}×{kc}) and one bias, and the same "
-    f"{filter_weights} weights are used at all {positions:,} positions of its {conv1_row.output_shape[1]}×"
-    f"{conv1_row.output_shape[2]} output: a stroke detector learned in one corner works everywhere."
+    f"A conv1 filter of this network has {filter_weights} weights ({kernel_h}×{kernel_w}×{in_channels}) and one "
+    f"bias, and the same {filter_weights} weights are used at all {positions:,} positions of its "
+    f"{conv1_row.output_shape[1]}×{conv1_row.output_shape[2]} output: a stroke detector learned in one corner "
+    "works everywhere."
 )
 
 st.header("Whole networks")
@@ -114,51 +155,12 @@ text = st.text_input(
     value=", ".join(str(w) for w in MLPConfig().hidden), key="mlp_widths",
     help="For example 512, 256 builds input → 512 → 256 → 10.",
 )
-def compare(hidden: tuple[int, ...]) -> None:
-    """The CNN against an MLP with these hidden widths, for each input shape: numbers, chart and MLP table."""
-    counts = {name: (cnn_params_for(model, hwc), mlp_param_count(hwc, hidden)) for name, hwc in INPUTS.items()}
-
-    st.caption(f"MLP: input → {' → '.join(str(w) for w in hidden)} → 10 · CNN: the network of this app, "
-               f"with conv1 taking as many channels as the image has and fc1 as many inputs as the last maps hold.")
-    for name, (cnn, mlp) in counts.items():
-        cols = st.columns(3)
-        cols[0].metric(f"CNN, {name}", f"{cnn:,}")
-        cols[1].metric(f"MLP, {name}", f"{mlp:,}")
-        ratio = share(cnn, mlp)
-        cols[2].metric(f"CNN as a share of the MLP, {name}", f"{ratio:.1%}",
-                       help="CNN parameters / MLP parameters. Over 100%: the CNN is the bigger network.")
-
-    chart, table = st.columns([3, 2], gap="large")
-    with chart:
-        st.plotly_chart(param_bars(list(counts), [cnn for cnn, _ in counts.values()], [mlp for _, mlp in counts.values()]),
-                        key="param_bars", config={"displayModeBar": False})
-    with table:
-        st.markdown("**The MLP, layer by layer**")
-        st.dataframe(
-            [{"input": shape_text(hwc), "layer": f"fc{i}", "inputs": d.inputs, "outputs": d.outputs,
-              "weights": d.weights, "biases": d.outputs, "parameters": d.parameters}
-             for hwc in INPUTS.values() for i, d in enumerate(mlp_layers(hwc, hidden), start=1)],
-            hide_index=True, width="stretch", key="mlp_table",
-            column_config={k: st.column_config.NumberColumn(format="localized")
-                           for k in ("inputs", "outputs", "weights", "biases", "parameters")},
-        )
-    cnn_colour, mlp_colour = counts[next(reversed(INPUTS))]
-    cnn_mnist, _ = counts[next(iter(INPUTS))]
-    st.write(
-        f"Going from {shape_text(MNIST)} to {shape_text(COLOUR)} multiplies the MLP's first layer by "
-        f"{first_colour.weights_per_neuron / first_mnist.weights_per_neuron:.1f}, because every neuron needs a weight "
-        f"per input value. The CNN's convolutions hardly notice (only conv1's filters get {kc}→{COLOUR[2]} channels); "
-        f"its growth from {cnn_mnist:,} to {cnn_colour:,} is all in fc1, which still reads the flattened maps. "
-        "Deeper CNNs pool further (or average each map) precisely to keep that last step small."
-    )
-
-
 try:
     hidden = parse_widths(text)
 except ValueError as e:
     st.error(str(e))
 else:
-    compare(hidden)
+    compare(model, hidden)
 
 st.header("Is the CNN really 'about 7%' of the MLP?")
 best_one = widths_for_share(QUOTED_SHARE, MNIST, cnn_params, depth=1)[0]
@@ -166,20 +168,17 @@ best_two = widths_for_share(QUOTED_SHARE, MNIST, cnn_params, depth=2)[0]
 default_hidden = MLPConfig().hidden
 default_mlp = mlp_param_count(MNIST, default_hidden)
 default_share = share(cnn_params, default_mlp)
-
-
 verdict = "so the CNN is the bigger one" if default_share > 1 else "so the CNN is still the smaller one"
 st.write(
-    f"The article this app follows says a CNN needs about {QUOTED_SHARE:.0%} of an MLP's parameters. That depends entirely on "
-    f"how wide the MLP is. For a {shape_text(MNIST)} digit, this CNN ({cnn_params:,} parameters) has "
-    f"**{best_one[1]:.1%}** of the parameters of an MLP with {widths_text(best_one[0])} "
+    f"The article this app follows says a CNN needs about {QUOTED_SHARE:.0%} of an MLP's parameters. That "
+    f"depends entirely on how wide the MLP is. For a {shape_text(MNIST)} digit, this CNN ({cnn_params:,} "
+    f"parameters) has **{best_one[1]:.1%}** of the parameters of an MLP with {widths_text(best_one[0])} "
     f"({mlp_param_count(MNIST, best_one[0]):,}), and **{best_two[1]:.1%}** of one with {widths_text(best_two[0])} "
     f"({mlp_param_count(MNIST, best_two[0]):,}): those are the power-of-two widths closest to the quoted "
     f"{QUOTED_SHARE:.0%}. With the app's default MLP, {widths_text(default_hidden)}, the MLP has only "
     f"{default_mlp:,} parameters and the CNN has **{default_share:.0%}** of that, {verdict}."
 )
 st.caption(
-    "Fewer parameters is not the CNN's only advantage: the MLP treats a digit moved by one pixel as a new input, "
-    "while the CNN's shared filters respond to the same stroke wherever it is, which is why it learns more from "
-    "fewer examples."
+    "Fewer parameters is not the CNN's only advantage: an MLP must learn a stroke separately at every position "
+    "where it may appear, while the CNN's shared filters respond to it wherever it is."
 )

@@ -32,6 +32,11 @@ def evaluate_folder(folder: str, weights_sha256: str) -> tuple[MnistSplit, EvalR
     return split, evaluate(get_model().model, split)
 
 
+def count_text(value) -> str:
+    """A card's count with thousands separators; anything that is not a number as it is written."""
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def enlarged(image: np.ndarray, factor: int = 3) -> np.ndarray:
     """A uint8 digit scaled up with square pixels, so it stays sharp."""
     return np.kron(image, np.ones((factor, factor), dtype=np.uint8))
@@ -47,26 +52,30 @@ st.write(f"The weights shipped in `{SHIPPED_WEIGHTS.relative_to(SHIPPED_WEIGHTS.
          "card describes them, and then measured again here on MNIST test digits.")
 
 st.header("Model card")
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Name", loaded.name)
-c2.metric("Parameters", f"{card['parameters']:,}" if "parameters" in card else NOT_RECORDED)
+st.markdown(f"**{loaded.name}**")
+c1, c2, c3 = st.columns(3)
+c1.metric("Parameters", count_text(card.get("parameters", NOT_RECORDED)))
 card_accuracy = metrics.get("test_accuracy")
-c3.metric("Test accuracy (card)", f"{card_accuracy:.2%}" if card_accuracy is not None else NOT_RECORDED,
-          help=f"Measured when the weights were saved, on {metrics.get('test_examples', '?'):,} test digits."
-          if isinstance(metrics.get("test_examples"), int) else "Measured when the weights were saved.")
-c4.metric("Epochs", str(card.get("epochs", NOT_RECORDED)))
+card_examples = metrics.get("test_examples")
+c2.metric("Test accuracy (card)",
+          f"{card_accuracy:.2%}" if isinstance(card_accuracy, (int, float)) else NOT_RECORDED,
+          help=f"Measured when the weights were saved, on {card_examples:,} test digits."
+          if isinstance(card_examples, int) else "Measured when the weights were saved.")
+c3.metric("Epochs", str(card["epochs"]) if "epochs" in card else "–",
+          help=None if "epochs" in card else "The card does not record the number of epochs.")
 
 details = {
     "Training command": f"`{card['command']}`" if "command" in card else NOT_RECORDED,
     "Seed": str(card.get("seed", NOT_RECORDED)),
     "Training settings": (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in card["training"].items())
                           if isinstance(card.get("training"), dict) else NOT_RECORDED),
-    "Training data": (f"{data['train_examples']:,} digits from `{data['train']}`"
+    "Training data": (f"{count_text(data['train_examples'])} digits from `{data['train']}`"
                       if "train" in data and "train_examples" in data else NOT_RECORDED),
-    "Test data": (f"{data['test_examples']:,} digits from `{data['test']}`"
+    "Test data": (f"{count_text(data['test_examples'])} digits from `{data['test']}`"
                   if "test" in data and "test_examples" in data else NOT_RECORDED),
     "Weights sha256": f"`{card.get('sha256', NOT_RECORDED)}`",
-    "Training time": f"{card['train_seconds']:,.0f} s" if "train_seconds" in card else NOT_RECORDED,
+    "Training time": (f"{card['train_seconds']:,.0f} s" if isinstance(card.get("train_seconds"), (int, float))
+                      else NOT_RECORDED),
     "PyTorch": str(card.get("torch", NOT_RECORDED)),
 }
 st.markdown("\n".join(f"- **{k}**: {v}" for k, v in details.items()))
@@ -126,10 +135,10 @@ if not shown:
     st.success("No mistakes on this split.")
 else:
     st.caption(f"The {len(shown)} most confident mistakes of {n - correct:,}: true digit → the network's answer "
-               "(its confidence). Many are digits a person would hesitate over too.")
+               "(its confidence) · test digit number.")
     for start in range(0, len(shown), GRID_COLS):
         for col, i in zip(st.columns(GRID_COLS), shown[start:start + GRID_COLS]):
             with col:
                 st.image(enlarged(split.images[i].numpy()), width=84,
                          caption=f"{int(split.labels[i])} → {int(result.predictions[i])} "
-                                 f"({float(result.confidences[i]):.0%}) · #{i}")
+                                 f"({float(result.confidences[i]):.1%}) · #{i}")

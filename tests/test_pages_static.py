@@ -126,9 +126,9 @@ def test_ann_page_default_counts_and_per_neuron_weights(shipped):
     at = run(ANN_VS_CNN)
     hidden = MLPConfig().hidden
     cnn = cnn_param_count()
-    assert metric(at, "MLP, 28×28×1 (MNIST)") == f"{mlp_param_count(MNIST, hidden):,}"
-    assert metric(at, "CNN, 28×28×1 (MNIST)") == f"{cnn:,}"
-    assert metric(at, "CNN, 64×64×3 (colour photo)") == f"{cnn_params_by_pytorch(shipped.model, COLOUR):,}"
+    assert metric(at, "MLP, 28×28×1") == f"{mlp_param_count(MNIST, hidden):,}"
+    assert metric(at, "CNN, 28×28×1") == f"{cnn:,}"
+    assert metric(at, "CNN, 64×64×3") == f"{cnn_params_by_pytorch(shipped.model, COLOUR):,}"
     assert metric(at, "MLP neuron, 28×28×1 input") == f"{mlp_layers(MNIST, hidden)[0].weights_per_neuron:,} weights"
     assert metric(at, "MLP neuron, 64×64×3 input") == f"{mlp_layers(COLOUR, hidden)[0].weights_per_neuron:,} weights"
     assert metric(at, "conv1 filter") == f"{shipped.model.conv1.weight[0].numel()} weights"
@@ -146,11 +146,11 @@ def test_ann_page_default_counts_and_per_neuron_weights(shipped):
 def test_ann_page_counts_the_mlp_the_user_asks_for():
     at = run(ANN_VS_CNN, mlp_widths="512, 256")
     assert not at.error
-    for label, shape in (("28×28×1 (MNIST)", MNIST), ("64×64×3 (colour photo)", COLOUR)):
+    for label, shape in (("28×28×1", MNIST), ("64×64×3", COLOUR)):
         mlp = mlp_param_count(shape, (512, 256))
         assert metric(at, f"MLP, {label}") == f"{mlp:,}"
         cnn = int(metric(at, f"CNN, {label}").replace(",", ""))
-        assert metric(at, f"CNN as a share of the MLP, {label}") == f"{share(cnn, mlp):.1%}"
+        assert metric(at, f"CNN ÷ MLP, {label}") == f"{share(cnn, mlp):.1%}"
     assert len(at.dataframe) == 1
     table = at.dataframe[0].value
     assert list(table["parameters"]) == [d.parameters for s in (MNIST, COLOUR) for d in mlp_layers(s, (512, 256))]
@@ -181,7 +181,7 @@ def test_model_page_measures_the_shipped_model(data_dir, test_split, shipped):
     assert metric(at, "Test accuracy (measured now)") == f"{expected.accuracy:.2%}"
     assert metric(at, "Correct") == f"{correct:,} of {len(test_split):,}"
     assert metric(at, "Parameters") == f"{shipped.card['parameters']:,}"
-    assert metric(at, "Name") == shipped.name
+    assert f"**{shipped.name}**" in all_text(at)
     assert shipped.card["sha256"] in all_text(at)
     assert {"confusion", "per_class"} <= chart_keys(at)
     confusion = json.loads([c for c in at.get("plotly_chart") if c.key == "confusion"][0].proto.spec)
@@ -200,4 +200,48 @@ def test_model_page_without_mnist_says_so(tmp_path, shipped):
     assert at.error and str(tmp_path) in at.error[0].value
     assert "Test accuracy (measured now)" not in [m.label for m in at.metric]
     # the model card needs no data and is still there
-    assert metric(at, "Name") == shipped.name
+    assert metric(at, "Parameters") == f"{shipped.card['parameters']:,}"
+
+
+def test_training_curves_read_the_history_train_writes():
+    from dataclasses import asdict
+
+    from cnn_core.train import EpochStats
+    from ui.charts import training_curves
+
+    history = [asdict(EpochStats(e, 1.0 / e, 0.9 + e / 100, 0.95 + e / 200, 60.0)) for e in (1, 2, 3)]
+    fig = training_curves(history)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["loss"].y) == [h["loss"] for h in history]
+    assert list(by_name["test accuracy"].y) == [h["test_accuracy"] for h in history]
+    assert list(by_name["train accuracy"].x) == [1, 2, 3]
+
+
+def test_model_page_shows_a_full_card_with_its_history(monkeypatch, tmp_path, shipped):
+    """The card a real training run writes (cnn_core.train's keys), shown in full with its loss curve."""
+    import ui.state
+    from cnn_core.checkpoint import load_checkpoint
+
+    history = [{"epoch": e, "loss": 1.0 / e, "train_accuracy": 0.9, "test_accuracy": 0.95, "seconds": 60.0}
+               for e in (1, 2)]
+    extra = {"command": "python -m cnn_core.train --data D --out models/mnist_cnn.pt", "seed": 7, "epochs": 2,
+             "data": {"train": "D/train", "train_examples": 10_000, "test": "D/test", "test_examples": 5_000},
+             "history": history}
+
+    def load_with_full_card(path, card_path=None):
+        loaded = load_checkpoint(path, card_path)
+        loaded.card.update(extra)
+        return loaded
+
+    monkeypatch.setattr(ui.state, "load_checkpoint", load_with_full_card)
+    ui.state._load.clear()  # the cached shipped model must not answer for the patched loader
+    try:
+        at = run(MODEL, mnist_folder=str(tmp_path))
+    finally:
+        ui.state._load.clear()  # later tests get the real card again
+    text = all_text(at)
+    assert f"`{extra['command']}`" in text and "**Seed**: 7" in text and "10,000 digits from `D/train`" in text
+    assert metric(at, "Epochs") == "2"
+    fig = json.loads([c for c in at.get("plotly_chart") if c.key == "training_curves"][0].proto.spec)
+    loss = [t for t in fig["data"] if t["name"] == "loss"][0]
+    assert [float(v) for v in loss["y"]] == [h["loss"] for h in history]

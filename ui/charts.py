@@ -49,7 +49,7 @@ def param_bars(groups: Sequence[str], cnn: Sequence[int], mlp: Sequence[int], he
                              hovertemplate=f"{name}, %{{x}}: %{{y:,}} parameters<extra></extra>"))
     top = max([*cnn, *mlp, 1])
     fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=40, b=10), dragmode=False,
-                      title="Parameters (log scale)", legend=dict(orientation="h", y=1.02, x=1, xanchor="right"),
+                      title="Parameters (log scale)", legend=dict(orientation="h", y=-0.12, x=0.5, xanchor="center"),
                       yaxis=dict(type="log", title="parameters", fixedrange=True,
                                  # headroom above the tallest bar for its label (log axis: range in powers of 10)
                                  range=[0, np.log10(top) + 0.6]),
@@ -78,7 +78,7 @@ def training_curves(history: Sequence[Mapping], height: int = 300) -> go.Figure:
     return fig
 
 
-def confusion_heatmap(confusion, height: int = 480) -> go.Figure:
+def confusion_heatmap(confusion, height: int = 440) -> go.Figure:
     """A 10x10 confusion matrix (rows true digit, columns predicted) with the count in every cell.
 
     The colour is log-scaled so that the few mistakes stand out next to the large diagonal.
@@ -104,8 +104,7 @@ def per_class_bars(per_class: Sequence[float], height: int = 300) -> go.Figure:
     fig = go.Figure(go.Bar(x=[str(d) for d in range(len(values))], y=values, marker_color=CNN_COLOUR,
                            text=[f"{v:.1%}" for v in values], textposition="outside", cliponaxis=False,
                            hovertemplate="digit %{x}: %{y:.2%}<extra></extra>"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), dragmode=False,
-                      title="Accuracy per digit",
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), dragmode=False,
                       # Start the axis a little below the weakest class: a 0-100% axis hides the differences.
                       yaxis=dict(tickformat=".0%", range=[max(0.0, low - 0.05), 1.03], fixedrange=True),
                       xaxis=dict(title="true digit", type="category", fixedrange=True))

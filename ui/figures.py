@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 PROB_COLOUR = "#4c78a8"
 TOP_COLOUR = "#e45756"
 DIVERGING = "RdBu_r"  # blue negative, white zero, red positive (with zmid=0)
+STRIP_WIDTH = 0.9  # share of a vector strip's width left of its colour bar
 
 
 def _array(x) -> np.ndarray:
@@ -213,11 +214,15 @@ def vector_strip(values, title: str = "", colorscale: str = "Viridis", height: i
                  zmin: float | None = None, zmax: float | None = None, showscale: bool = True) -> go.Figure:
     """A 1-D vector as a one-row heatmap strip; ``highlight`` = (start, stop) outlines units start..stop-1."""
     v = _array(values).astype(float).reshape(1, -1)
+    # The strip and its colour bar get fixed shares of the width, so strips stacked on a page line up
+    # unit for unit whatever the colour bar's labels.
     fig = go.Figure(go.Heatmap(z=v, colorscale=colorscale, zmid=zmid, zmin=zmin, zmax=zmax,
-                               showscale=showscale, colorbar=dict(thickness=10),
+                               showscale=showscale, colorbar=dict(thickness=10, x=STRIP_WIDTH + 0.01,
+                                                                  xanchor="left"),
                                hovertemplate="unit %{x}: %{z:.3f}<extra></extra>"))
     if highlight is not None:
         fig.add_vrect(x0=highlight[0] - 0.5, x1=highlight[1] - 0.5, line=dict(color=TOP_COLOUR, width=2))
+    fig.update_xaxes(domain=[0, STRIP_WIDTH])
     fig.update_yaxes(showticklabels=False)
     fig.update_layout(height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=20), title=title or None)
     return fig
@@ -228,6 +233,6 @@ def mask_strip(dropped, title: str = "", height: int = 110) -> go.Figure:
     fig = vector_strip(_array(dropped).astype(float), title, colorscale=[[0, "#f2f2f2"], [1, TOP_COLOUR]],
                        height=height, zmin=0, zmax=1)
     # Keep the colour bar (so the strip lines up with the others) but label it in words.
-    fig.update_traces(colorbar=dict(thickness=10, tickvals=[0, 1], ticktext=["kept", "dropped"]),
+    fig.update_traces(colorbar=dict(tickvals=[0, 1], ticktext=["kept", "dropped"]),
                       hovertemplate="unit %{x}: %{z:.0f}<extra></extra>")
     return fig
