@@ -2,24 +2,26 @@
 
     .venv/bin/python bench/bench_load.py [--sessions 20] [--seconds 30]
 
-Starts the app on a free loopback port, opens ``--sessions`` sessions in one headless
+Starts the app on a free loopback port and opens ``--sessions`` sessions in one headless
 chromium (one Playwright browser context each: its own cookies, so its own Streamlit
-session), waits until every session shows the home page with its canvas, then for
-``--seconds`` each session repeatedly draws a short stroke on the canvas and waits for the
-prediction to come back.
+session). Once every session shows the home page with its canvas, each one, for
+``--seconds``, repeatedly draws a short stroke on the canvas and waits for the answer.
 
 A *request* is one stroke: mouse down/move/up on the canvas, which makes the browser send
-the drawing and the server rerun app.py (preprocess, trace, figures); it is *served* when
-that rerun has finished and the page shows a Prediction with no exception and no st.error.
-Every stroke adds ink, so every request is a new digit (no trace cache hit).
+the drawing and the server rerun app.py (preprocess, trace, figures). It is *served* when
+the server's "script finished successfully" message for that rerun has reached the browser
+and the page shows a Prediction with no exception box and no st.error. Every stroke adds
+ink, so every request is a new digit (no trace cache hit). Latency is from mouse up to
+that message. (Script runs are followed on the websocket, not in the DOM: on a starved
+machine React batches "running" and "finished" into one render and the DOM never changes.)
 
-Errors: page errors (uncaught JavaScript exceptions), exception boxes (stException) or
-st.error alerts on the page, lost connections, and timeouts (a page not loading or a
-request not answered within --timeout seconds). The server's RSS (its process and any
-children, from /proc) is sampled every 0.5 s.
+Errors: page errors (uncaught JavaScript exceptions), exceptions or st.error sent by the
+server or shown on the page, closed websockets, unsuccessful script runs, and timeouts (a
+page not opening, or a request not served, within --timeout seconds). The server's RSS
+(its process and any children, from /proc) is sampled every 0.5 s.
 
 Prints the figures and exits 1 if there was any error. Everything is bounded: the run
-stops by itself and the server is killed in any case. Only loopback traffic.
+stops by itself and the server is stopped in any case. Only loopback traffic.
 Needs Debian's chromium (/usr/bin/chromium, or $CNN_EXPLORER_CHROMIUM) and playwright.
 """
 
@@ -48,31 +50,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
 RSS_INTERVAL_S = 0.5
+OPENING_AT_ONCE = 4  # sessions opening their page at the same time: 20 at once starve chromium on 2 cores
 
 CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the mouse events
 PROBLEMS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
-
-# Counts finished script runs from the moment it is first called, so that a fast rerun
-# cannot be missed and a stale "notRunning" cannot be taken for the end of a new run.
-RUN_COUNTER_JS = """() => {
-    if (window.__runsFinished === undefined) {
-        window.__runsFinished = 0;
-        new MutationObserver(mutations => {
-            for (const m of mutations) {
-                const state = m.target.getAttribute('data-test-script-state');
-                if (state !== m.oldValue && (state === 'notRunning' || state === 'compilationError'))
-                    window.__runsFinished++;
-            }
-        }).observe(document.documentElement, {subtree: true, attributes: true,
-                   attributeFilter: ['data-test-script-state'], attributeOldValue: true});
-    }
-    return window.__runsFinished;
-}"""
-IDLE_JS = """() => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    return app !== null && app.getAttribute('data-test-connection-state') === 'CONNECTED'
-        && app.getAttribute('data-test-script-state') === 'notRunning';
-}"""
 
 
 # --------------------------------------------------------------------------- the server
@@ -106,7 +87,7 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
                     return
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.25)
+        time.sleep(0.25)  # polling an HTTP endpoint: there is no event to wait on
     raise RuntimeError(f"streamlit was not healthy at {url} after {timeout_s:.0f} s")
 
 
@@ -180,7 +161,67 @@ class RssSampler(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=5)
+        if self.is_alive():
+            self.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- one session's websocket
+
+
+class ServerMessages:
+    """Follows the Streamlit messages a page receives: finished script runs and reported problems."""
+
+    def __init__(self) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self._parse = ForwardMsg.FromString
+        self._ok = {ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY}
+        self._early = ForwardMsg.FINISHED_EARLY_FOR_RERUN
+        self.finished = 0  # successful script runs
+        self.problems: list[str] = []
+        self.socket = None
+        self.changed = asyncio.Event()
+
+    def attach(self, ws) -> None:
+        if "/_stcore/stream" not in ws.url:
+            return
+        self.socket = ws
+        ws.on("framereceived", self._on_frame)
+        ws.on("close", lambda _ws: self._note("the websocket closed"))
+
+    def _note(self, problem: str) -> None:
+        self.problems.append(problem)
+        self.changed.set()
+
+    def _on_frame(self, payload) -> None:
+        if isinstance(payload, str):
+            return
+        try:
+            msg = self._parse(payload)
+        except Exception:  # noqa: BLE001 - not a ForwardMsg: nothing to follow
+            return
+        kind = msg.WhichOneof("type")
+        if kind == "script_finished":
+            if msg.script_finished in self._ok:
+                self.finished += 1
+            elif msg.script_finished != self._early:  # a run cut short by a newer one is normal
+                self._note(f"script run ended with status {msg.script_finished}")
+            self.changed.set()
+        elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            element = msg.delta.new_element
+            if element.WhichOneof("type") == "exception" and not element.exception.is_warning:
+                self._note(f"exception {element.exception.type}: {element.exception.message[:200]}")
+            elif element.WhichOneof("type") == "alert" and element.alert.format == element.alert.ERROR:
+                self._note(f"st.error: {element.alert.body[:200]}")
+
+    async def wait_finished(self, more_than: int, timeout_s: float) -> None:
+        """Wait until more than ``more_than`` runs finished successfully (TimeoutError after timeout_s)."""
+        async def until() -> None:
+            while self.finished <= more_than and not self.problems:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), timeout_s)
 
 
 # --------------------------------------------------------------------------- the sessions
@@ -192,16 +233,26 @@ class Stats:
 
     opened: int = 0  # sessions that showed the home page with its canvas
     held: int = 0  # sessions still connected and error-free at the end
-    latencies: list[float] = field(default_factory=list)  # seconds from mouse up to the prediction
+    latencies: list[float] = field(default_factory=list)  # seconds from mouse up to the finished run
     errors: list[str] = field(default_factory=list)
 
     def error(self, session: int, what: str) -> None:
         self.errors.append(f"session {session}: {what}")
 
 
+@dataclass
+class Start:
+    """The starting line: sessions report when they have opened (or failed to), then wait for the go."""
+
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    opening: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(OPENING_AT_ONCE))
+    arrived: int = 0
+    deadline: float = float("inf")
+
+
 def stroke(session: int, n: int) -> list[tuple[float, float]]:
-    """A short stroke in canvas fractions, different for every session and every request, within the middle."""
-    angle = (session * 0.7 + n * 1.3) % 3.14159
+    """A short stroke in canvas fractions, different for every session and request, in the middle of the canvas."""
+    angle = (session * 0.7 + n * 1.3) % math.pi
     cx = 0.35 + 0.3 * ((session * 7 + n * 3) % 10) / 9
     cy = 0.35 + 0.3 * ((session * 3 + n * 5) % 10) / 9
     dx, dy = 0.12 * math.cos(angle), 0.12 * math.sin(angle)
@@ -215,27 +266,31 @@ def prediction(page):
 
 
 async def problems_on(page) -> list[str]:
+    """Texts of exception boxes and st.error alerts on the page."""
     loc = page.locator(PROBLEMS)
     return [(await loc.nth(i).inner_text())[:300] for i in range(await loc.count())]
 
 
-@dataclass
-class Start:
-    """The starting line: sessions report when they have opened (or failed to), then wait for the go."""
+async def screenshot(page, session: int, artifacts: Path | None) -> None:
+    """Best effort: a screenshot of a failed session for whoever investigates."""
+    if page is None or artifacts is None:
+        return
+    try:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(artifacts / f"session-{session}.png"), timeout=10_000)
+    except Exception:  # noqa: BLE001 - the page may be gone
+        pass
 
-    go: asyncio.Event = field(default_factory=asyncio.Event)
-    arrived: int = 0
-    deadline: float = float("inf")
 
-
-async def run_session(i: int, browser, url: str, start: Start, stats: Stats, timeout_s: float) -> None:
+async def run_session(i: int, browser, url: str, start: Start, stats: Stats, timeout_s: float,
+                      artifacts: Path | None) -> None:
     """One user: open the home page, wait for everybody, then draw strokes until the deadline."""
     from playwright.async_api import Error as PlaywrightError  # TimeoutError is a subclass
-    from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-    timeout_ms = timeout_s * 1000
     context = page = None
     failed = False
+    step = "opening the home page"
+    server = ServerMessages()
 
     def page_error(e) -> None:
         nonlocal failed
@@ -244,22 +299,25 @@ async def run_session(i: int, browser, url: str, start: Start, stats: Stats, tim
 
     try:
         try:
-            context = await browser.new_context(viewport=VIEWPORT)
-            context.set_default_timeout(timeout_ms)
-            page = await context.new_page()
-            page.on("pageerror", page_error)
-            await page.goto(url, timeout=timeout_ms)
-            await page.wait_for_function(IDLE_JS, timeout=timeout_ms)
-            canvas = page.locator(CANVAS_INPUT)
-            await canvas.wait_for(state="visible", timeout=timeout_ms)
-            box = await canvas.bounding_box()
+            async with start.opening:
+                context = await browser.new_context(viewport=VIEWPORT)
+                context.set_default_timeout(timeout_s * 1000)
+                page = await context.new_page()
+                page.on("pageerror", page_error)
+                page.on("websocket", server.attach)
+                await page.goto(url)
+                await server.wait_finished(0, timeout_s)  # the first script run
+                canvas = page.locator(CANVAS_INPUT)
+                await canvas.wait_for(state="visible")
+                box = await canvas.bounding_box()
             stats.opened += 1
         finally:
             start.arrived += 1
         await start.go.wait()  # the clock starts when every session has opened (or given up)
         n = 0
-        while time.monotonic() < start.deadline and not failed:
-            before = await page.evaluate(RUN_COUNTER_JS)
+        while time.monotonic() < start.deadline and not failed and not server.problems:
+            step = f"drawing stroke {n}"
+            before = server.finished
             points = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke(i, n)]
             await page.mouse.move(*points[0])
             await page.mouse.down()
@@ -267,26 +325,31 @@ async def run_session(i: int, browser, url: str, start: Start, stats: Stats, tim
                 await page.mouse.move(*p)
             started = time.perf_counter()
             await page.mouse.up()
-            await page.wait_for_function("n => window.__runsFinished > n", arg=before, timeout=timeout_ms)
-            await page.wait_for_function(IDLE_JS, timeout=timeout_ms)  # a queued rerun may follow
-            await prediction(page).wait_for(state="visible", timeout=timeout_ms)
+            step = f"waiting for the rerun of stroke {n}"
+            await server.wait_finished(before, timeout_s)
+            if server.problems:
+                break
             latency = time.perf_counter() - started
+            step = f"waiting for the prediction of stroke {n} to show"
+            await prediction(page).wait_for(state="visible")
             shown = await problems_on(page)
             if shown:
                 failed = True
-                stats.error(i, f"request {n} shows: {shown}")
+                stats.error(i, f"stroke {n}: the page shows {shown}")
                 break
             stats.latencies.append(latency)
             n += 1
-        if not failed:
-            if await page.evaluate(IDLE_JS):
-                stats.held += 1
-            else:
-                stats.error(i, "not connected (or still running) at the end")
-    except PlaywrightTimeout as e:
-        stats.error(i, f"timeout: {str(e).splitlines()[0]}")
+        for problem in server.problems:
+            stats.error(i, f"{problem} ({step})")
+        if not failed and not server.problems:
+            stats.held += 1
+    except (TimeoutError, asyncio.TimeoutError):
+        stats.error(i, f"timeout {step} (no answer in {timeout_s:.0f} s)")
+        await screenshot(page, i, artifacts)
     except PlaywrightError as e:
-        stats.error(i, f"browser error: {str(e).splitlines()[0]}")
+        kind = "timeout" if "Timeout" in type(e).__name__ else "browser error"
+        stats.error(i, f"{kind} {step}: {str(e).splitlines()[0]}")
+        await screenshot(page, i, artifacts)
     finally:
         if context is not None:
             try:
@@ -295,8 +358,9 @@ async def run_session(i: int, browser, url: str, start: Start, stats: Stats, tim
                 pass
 
 
-async def drive(url: str, sessions: int, seconds: float, timeout_s: float) -> tuple[Stats, float]:
-    """Open the sessions in one chromium, drive them for ``seconds``; returns the stats and the measured time."""
+async def drive(url: str, sessions: int, seconds: float, timeout_s: float,
+                artifacts: Path | None) -> tuple[Stats, float, float]:
+    """Open the sessions in one chromium, drive them for ``seconds``; returns stats, opening and driving time."""
     from playwright.async_api import async_playwright
 
     stats = Stats()
@@ -304,26 +368,28 @@ async def drive(url: str, sessions: int, seconds: float, timeout_s: float) -> tu
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            tasks = [asyncio.create_task(run_session(i, browser, url, start, stats, timeout_s))
+            t0 = time.monotonic()
+            tasks = [asyncio.create_task(run_session(i, browser, url, start, stats, timeout_s, artifacts))
                      for i in range(sessions)]
-            opening_deadline = time.monotonic() + 2 * timeout_s  # each step of opening is bounded by timeout_s
+            # Each step of opening is bounded by timeout_s; sessions open OPENING_AT_ONCE at a time.
+            opening_deadline = t0 + 3 * timeout_s * math.ceil(sessions / OPENING_AT_ONCE)
             while start.arrived < sessions and time.monotonic() < opening_deadline:
                 await asyncio.sleep(0.1)
             started = time.monotonic()
             start.deadline = started + seconds
             start.go.set()
-            # Each request is bounded by timeout_s: this only guards against a hang.
+            # Every request is bounded by timeout_s: this only guards against a hang.
             done, pending = await asyncio.wait(tasks, timeout=seconds + 3 * timeout_s + 30)
             elapsed = time.monotonic() - started
             for t in pending:
                 t.cancel()
                 stats.error(-1, "a session did not finish in time and was cancelled")
             for t in done:
-                if t.exception() is not None:
+                if not t.cancelled() and t.exception() is not None:
                     stats.error(-1, f"a session crashed: {t.exception()!r}")
         finally:
             await browser.close()
-    return stats, elapsed
+    return stats, started - t0, elapsed
 
 
 # --------------------------------------------------------------------------- main
@@ -336,12 +402,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the load test; returns the exit code (0: no errors, 1: errors, 2: cannot run)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=20, help="concurrent browser sessions (default 20)")
-    p.add_argument("--seconds", type=float, default=30, help="how long to drive them, once all are open (default 30)")
-    p.add_argument("--timeout", type=float, default=120,
-                   help="seconds a page load or one request may take before it counts as an error (default 120)")
+    p.add_argument("--seconds", type=float, default=30, help="how long to drive them once all are open (default 30)")
+    p.add_argument("--timeout", type=float, default=60,
+                   help="seconds a page may take to open, or a request to be served, before it is an error (default 60)")
     p.add_argument("--startup-timeout", type=float, default=120, help="seconds for the server to become healthy")
+    p.add_argument("--artifacts", type=Path, help="folder for screenshots of sessions that failed")
     a = p.parse_args(argv)
     if a.sessions < 1 or a.seconds <= 0 or a.timeout <= 0:
         p.error("--sessions, --seconds and --timeout must be positive")
@@ -357,32 +425,31 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = Path(tempfile.mkstemp(prefix="bench-load-streamlit-", suffix=".log")[1])
+    fd, name = tempfile.mkstemp(prefix="bench-load-streamlit-", suffix=".log")
+    os.close(fd)
+    log_path = Path(name)
     server = start_server(port, log_path)
-    sampler = None
+    sampler = RssSampler(server.pid)
     try:
         wait_healthy(server, url, a.startup_timeout)
-        sampler = RssSampler(server.pid)
         sampler.start()
         cpu_before = cpu_seconds(server.pid)
-        stats, elapsed = asyncio.run(drive(url, a.sessions, a.seconds, a.timeout))
+        stats, opening, elapsed = asyncio.run(drive(url, a.sessions, a.seconds, a.timeout, a.artifacts))
         cpu_used = cpu_seconds(server.pid) - cpu_before
-        sampler.stop()
         if server.poll() is not None:
             stats.error(-1, f"the server exited with code {server.returncode}")
     except (RuntimeError, OSError) as e:
         print(f"error: {e}\n--- server log ---\n{log_path.read_text(errors='replace')[-4000:]}", file=sys.stderr)
         return 1
     finally:
-        if sampler is not None:
-            sampler.stop()
+        sampler.stop()
         stop_server(server)
 
     lat = stats.latencies
     rss = sampler.samples or [0]
-    print(f"sessions requested: {a.sessions}")
+    print(f"sessions requested: {a.sessions} (opened in {opening:.1f} s, {OPENING_AT_ONCE} at a time)")
     print(f"sessions held: {stats.held}")
-    print(f"requests served: {len(lat)} in {elapsed:.1f} s ({len(lat) / elapsed:.1f}/s)")
+    print(f"requests served: {len(lat)} in {elapsed:.1f} s ({len(lat) / elapsed:.2f}/s)")
     if lat:
         print(f"request latency: median {statistics.median(lat) * 1000:.0f} ms, "
               f"p95 {percentile(lat, 95) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms")
@@ -390,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in stats.errors[:20]:
         print(f"  {e}")
     print(f"server peak RSS: {max(rss) / 2**20:.0f} MiB (at start {rss[0] / 2**20:.0f} MiB, {len(rss)} samples)")
-    print(f"server CPU time: {cpu_used:.1f} s over {elapsed:.1f} s on {os.cpu_count()} cores", flush=True)
+    print(f"server CPU time: {cpu_used:.1f} s while opening and driving, on {os.cpu_count()} cores", flush=True)
     if stats.errors:
         print(f"--- server log (tail) ---\n{log_path.read_text(errors='replace')[-3000:]}", file=sys.stderr)
     log_path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,24 @@ def parse_card(card_bytes: bytes, where: str = "model card") -> dict:
     return card
 
 
+def _refuse_compressed_archive(weights: bytes, where: str) -> None:
+    """Refuse zip archives with compressed entries before torch.load inflates them.
+
+    torch.save never compresses, but torch.load reads deflated entries too: a 1 MB file
+    could make it allocate 1 GB (a "zip bomb", e.g. among weights uploaded on a page).
+    """
+    if not weights.startswith(b"PK\x03\x04"):
+        return  # not a zip: torch.load's legacy format checks sizes before allocating
+    try:
+        entries = zipfile.ZipFile(io.BytesIO(weights)).infolist()
+    except Exception as e:  # noqa: BLE001 - damaged archives also raise NotImplementedError, struct.error...
+        raise WeightsError(f"{where} is not a plain PyTorch state_dict and was refused: {e}") from e
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        raise WeightsError(f"{where} holds compressed data, which torch.save never writes, and was refused")
+    if sum(e.file_size for e in entries) > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{where} unpacks to more than {MAX_WEIGHTS_BYTES // 2**20} MiB and was refused")
+
+
 def load_checkpoint_bytes(weights: bytes, card_bytes: bytes, where: str = "weights") -> LoadedModel:
     """Validate and load weights given as bytes with their card's bytes."""
     card = parse_card(card_bytes, f"model card of {where}")
@@ -132,9 +151,15 @@ def load_checkpoint_bytes(weights: bytes, card_bytes: bytes, where: str = "weigh
         )
     try:
         config = config_from_dict(card["architecture"])
+        with torch.device("meta"):  # count first, allocating nothing: a card may ask for a huge network
+            parameters = sum(p.numel() for p in build_model(config).parameters())
+        if parameters > MAX_WEIGHTS_BYTES // 4:
+            raise ValueError(f"{parameters:,} parameters do not fit in a weights file of at most "
+                             f"{MAX_WEIGHTS_BYTES // 2**20} MiB")
         model = build_model(config)
     except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: e.g. a negative channel count
         raise WeightsError(f"the model card of {where} describes an invalid architecture: {e}") from e
+    _refuse_compressed_archive(weights, where)
     try:
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - damaged pickles also raise KeyError, IndexError, TypeError...
@@ -147,9 +172,17 @@ def load_checkpoint_bytes(weights: bytes, card_bytes: bytes, where: str = "weigh
     if missing or extra:
         raise WeightsError(f"{where} does not match its architecture: missing {missing}, unexpected {extra}")
     for k, v in expected.items():
-        if state[k].shape != v.shape:
-            raise WeightsError(f"{where}: '{k}' has shape {tuple(state[k].shape)}, the architecture needs {tuple(v.shape)}")
-    model.load_state_dict(state)
+        got = state[k]
+        if got.shape != v.shape:
+            raise WeightsError(f"{where}: '{k}' has shape {tuple(got.shape)}, the architecture needs {tuple(v.shape)}")
+        if got.layout != torch.strided or got.is_complex() or got.is_floating_point() != v.is_floating_point():
+            raise WeightsError(f"{where}: '{k}' is a {got.layout} {got.dtype} tensor, the architecture needs {v.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise WeightsError(f"{where}: '{k}' holds NaN or infinite values")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{where} could not be loaded into its architecture: {e}") from e
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -185,7 +185,10 @@ def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def thicken(pixels: torch.Tensor, steps: int = 1) -> torch.Tensor:
-    """Strokes made thicker by ``steps`` morphological dilations: each pixel becomes the max of its 3x3 neighbourhood."""
+    """Strokes made thicker by ``steps`` morphological dilations.
+
+    Each step replaces every pixel by the maximum of its 3x3 neighbourhood (a 3x3 max-pool of stride 1).
+    """
     x = torch.as_tensor(pixels, dtype=torch.float32)
     shape = x.shape
     x = x.reshape(-1, 1, *shape[-2:])

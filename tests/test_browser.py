@@ -98,12 +98,23 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, app_server):
-    """A fresh tab (its own cookies, so its own Streamlit session) at laptop size."""
+def page(request, browser, app_server, screenshot_dir):
+    """A fresh tab (its own cookies, so its own Streamlit session) at laptop size.
+
+    When the test fails, the tab is saved as FAILED_<test>.png and the server's log is printed.
+    """
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(TIMEOUT_MS)
     pg = context.new_page()
+    failed_before = request.session.testsfailed
     yield pg
+    if request.session.testsfailed > failed_before:  # the call phase is reported before teardown
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        try:
+            pg.screenshot(path=str(screenshot_dir / f"FAILED_{name}.png"), full_page=True)
+        except Exception as e:  # noqa: BLE001 - the test's own failure is what matters
+            print(f"no failure screenshot: {e}")
+        print(f"\n--- streamlit log (last 4000 characters) ---\n{app_server.log()[-4000:]}")
     context.close()
 
 

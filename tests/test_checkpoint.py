@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import resource
 import struct
 import zipfile
 from pathlib import Path
@@ -140,7 +141,7 @@ def test_garbage_with_a_matching_sha_is_refused(saved, garbage):
 
 
 def test_damaged_pickles_with_a_matching_sha_raise_only_weights_error(saved):
-    """Flipped bytes in the pickle make torch.load raise KeyError, IndexError, TypeError...: all must be WeightsError."""
+    """Flipped bytes make torch.load and zipfile raise KeyError, TypeError, NotImplementedError...: all must be WeightsError."""
     path, card, _ = saved
     good = path.read_bytes()
     info = next(i for i in zipfile.ZipFile(io.BytesIO(good)).infolist() if i.filename.endswith("data.pkl"))
@@ -148,7 +149,8 @@ def test_damaged_pickles_with_a_matching_sha_raise_only_weights_error(saved):
     start = info.header_offset + 30 + name_len + extra_len  # the pickle's first byte in the archive
     assert good[start] == 0x80  # pickle PROTO opcode: we found it
     refused = 0
-    for i in range(start, start + info.file_size):
+    # The pickle, then the archive's central directory at the end (damage there upsets the zip readers).
+    for i in [*range(start, start + info.file_size), *range(len(good) - 700, len(good))]:
         for delta in (1, 97):
             data = bytearray(good)
             data[i] = (data[i] + delta) % 256
@@ -198,6 +200,17 @@ def test_card_with_an_invalid_architecture(saved, arch):
     card_path_for(path).write_text(json.dumps(dict(card, architecture=arch)))
     with pytest.raises(WeightsError):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("huge", [{"hidden": 10**6}, {"conv2_channels": 10**5}, {"hidden": 10**12}])
+def test_card_asking_for_a_huge_network_is_refused_without_allocating_it(saved, huge):
+    """A card (e.g. uploaded on the Train page) must not make the server allocate gigabytes before refusing."""
+    path, card, _ = saved
+    card_path_for(path).write_text(json.dumps(dict(card, architecture=dict(card["architecture"], **huge))))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WeightsError, match="parameters do not fit"):
+        load_checkpoint(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 200 * 1024  # KiB: < 200 MiB
 
 
 # --------------------------------------------------------------------------- code in pickles
@@ -257,6 +270,47 @@ def test_malicious_pickle_is_refused_and_runs_nothing(saved, tmp_path, kind):
     assert not marker.exists(), "loading a checkpoint ran code from the pickle"
 
 
+def deflated_archive(good: bytes, inflated_storage_bytes: int | None = None) -> bytes:
+    """``good`` (a torch.save zip) re-packed with compressed entries, optionally with one storage blown up."""
+    source = zipfile.ZipFile(io.BytesIO(good))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            if inflated_storage_bytes is not None and info.filename.endswith("data/0"):
+                with archive.open(info.filename, "w", force_zip64=True) as f:
+                    for _ in range(inflated_storage_bytes // 2**20):
+                        f.write(bytes(2**20))  # zeros: about 1000 to 1 once compressed
+            else:
+                archive.writestr(info.filename, source.read(info.filename))
+    return out.getvalue()
+
+
+def test_compressed_archives_are_refused_before_torch_load_inflates_them(saved, monkeypatch):
+    path, _, _ = saved
+    good = path.read_bytes()
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in zipfile.ZipFile(io.BytesIO(good)).infolist())
+    # Even an honest state_dict, merely re-packed with compression: torch.save never writes that.
+    repacked = deflated_archive(good)
+    assert torch.load(io.BytesIO(repacked), weights_only=True).keys() == small_model().state_dict().keys()
+    rewrite_weights(path, repacked, update_card_sha=True)
+    with pytest.raises(WeightsError, match="compressed data"):
+        load_checkpoint(path)
+    # A storage that inflates to 64 MiB from a file of well under 1 MiB: refused before any unpacking.
+    bomb = deflated_archive(good, inflated_storage_bytes=64 * 2**20)
+    assert len(bomb) < 2**20
+    rewrite_weights(path, bomb, update_card_sha=True)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was reached"))
+    with pytest.raises(WeightsError, match="compressed data"):
+        load_checkpoint(path)
+
+
+def test_zip_that_python_cannot_read_is_refused(saved):
+    path, _, _ = saved
+    rewrite_weights(path, b"PK\x03\x04" + bytes(200), update_card_sha=True)
+    with pytest.raises(WeightsError, match="refused"):
+        load_checkpoint(path)
+
+
 # --------------------------------------------------------------------------- weights that do not fit the card
 
 
@@ -278,6 +332,34 @@ def test_missing_and_extra_keys_are_refused(saved):
     rewrite_weights(path, buf.getvalue(), update_card_sha=True)
     with pytest.raises(WeightsError, match=r"missing \['fc2.bias'\].*unexpected \['fc3.weight'\]"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.to_sparse(), "sparse"),
+    (lambda t: t.to(torch.complex64), "complex64"),
+    (lambda t: t > 0, "torch.bool"),
+    (lambda t: torch.full_like(t, float("nan")), "NaN or infinite"),
+    (lambda t: torch.where(t > 0, float("inf"), t), "NaN or infinite"),
+])
+def test_tensors_of_the_wrong_kind_or_not_finite_are_refused(saved, change, message):
+    path, _, model = saved
+    state = dict(model.state_dict())
+    state["fc2.weight"] = change(state["fc2.weight"])
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    rewrite_weights(path, buf.getvalue(), update_card_sha=True)
+    with pytest.raises(WeightsError, match=message):
+        load_checkpoint(path)
+
+
+def test_other_float_precisions_are_accepted(saved):
+    path, _, model = saved
+    state = {k: v.double() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    rewrite_weights(path, buf.getvalue(), update_card_sha=True)
+    loaded = load_checkpoint(path)
+    assert all(torch.equal(loaded.model.state_dict()[k], v.float()) for k, v in state.items())
 
 
 @pytest.mark.parametrize("payload", [[1, 2, 3], {"conv1.weight": [1.0, 2.0]}, torch.zeros(3)])

@@ -1,0 +1,116 @@
+"""Files to take away: a trace as .npz, feature maps as a tiled PNG, a model as weights + card.
+
+Pure functions returning bytes (the pages hand them to ``st.download_button``);
+images are drawn with Pillow only, no plotting backend.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+from PIL import Image
+
+from .checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
+from .introspect import Trace
+
+RESERVED_NPZ_KEYS = ("input", "probabilities")
+
+# Blue for negative, white for zero, red for positive: the app's diverging colours (RdBu reversed).
+_NEGATIVE = np.array([33, 102, 172], dtype=np.float64)
+_ZERO = np.array([247, 247, 247], dtype=np.float64)
+_POSITIVE = np.array([178, 24, 43], dtype=np.float64)
+GAP_COLOUR = (255, 255, 255)
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def trace_to_npz(trace: Trace) -> bytes:
+    """The trace as a compressed .npz: ``input`` (1, 28, 28), one array per layer under its name, ``probabilities``.
+
+    Arrays keep the trace's float32 values exactly; ``numpy.load`` reads them back in layer order.
+    """
+    arrays: dict[str, np.ndarray] = {"input": _numpy(trace.input)}
+    for layer in trace.layers:
+        if layer.name in RESERVED_NPZ_KEYS or layer.name in arrays:
+            raise ValueError(f"layer name {layer.name!r} clashes with another array of the export")
+        arrays[layer.name] = _numpy(layer.output)
+    arrays["probabilities"] = _numpy(trace.probabilities)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def grid_shape(channels: int, cols: int) -> tuple[int, int]:
+    """(rows, cols) of the tiling of ``channels`` maps, at most ``cols`` to a row."""
+    if channels < 1 or cols < 1:
+        raise ValueError("need at least one map and one column")
+    cols = min(cols, channels)
+    return math.ceil(channels / cols), cols
+
+
+def _colour(maps: np.ndarray, diverging: bool) -> np.ndarray:
+    """(C, H, W) values -> (C, H, W, 3) uint8, on one colour scale shared by all maps."""
+    if diverging:
+        limit = float(np.abs(maps).max()) or 1.0
+        t = np.clip(maps / limit, -1, 1)[..., None]
+        rgb = np.where(t < 0, _ZERO + (-t) * (_NEGATIVE - _ZERO), _ZERO + t * (_POSITIVE - _ZERO))
+    else:
+        lo, hi = float(maps.min()), float(maps.max())
+        t = (maps - lo) / (hi - lo) if hi > lo else np.zeros_like(maps)
+        rgb = np.repeat(t[..., None] * 255, 3, axis=-1)
+    return np.rint(rgb).astype(np.uint8)
+
+
+def feature_maps_png(maps, cols: int = 8, scale: int = 4, gap: int = 2, diverging: bool | None = None) -> bytes:
+    """Feature maps (C, H, W) (or one (H, W) map) tiled into a PNG, channel 0 at the top left.
+
+    Each map is ``scale`` times enlarged with square pixels; tiles are separated by ``gap``
+    white pixels. All maps share one colour scale, so tiles compare: blue-white-red around
+    zero when ``diverging`` (the default when there are negative values), else black to white.
+    The image is ``cols*W*scale + (cols-1)*gap`` wide, ``rows*H*scale + (rows-1)*gap`` tall
+    (``cols`` capped at C, rows as :func:`grid_shape`).
+    """
+    m = _numpy(maps).astype(np.float64)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3 or 0 in m.shape:
+        raise ValueError(f"expected maps of shape (C, H, W) or (H, W), got {m.shape}")
+    if scale < 1 or gap < 0:
+        raise ValueError("scale must be at least 1 and gap not negative")
+    if not np.isfinite(m).all():
+        raise ValueError("the maps contain NaN or infinite values")
+    c, h, w = m.shape
+    rows, cols = grid_shape(c, cols)
+    if diverging is None:
+        diverging = bool((m < 0).any())
+    tiles = _colour(m, diverging)
+    tile_h, tile_w = h * scale, w * scale
+    out = np.empty((rows * tile_h + (rows - 1) * gap, cols * tile_w + (cols - 1) * gap, 3), dtype=np.uint8)
+    out[:] = GAP_COLOUR
+    for i in range(c):
+        r, k = divmod(i, cols)
+        top, left = r * (tile_h + gap), k * (tile_w + gap)
+        out[top:top + tile_h, left:left + tile_w] = np.kron(tiles[i], np.ones((scale, scale, 1), dtype=np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(out, "RGB").save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def model_files(loaded: LoadedModel, weights_file: str | None = None) -> tuple[bytes, bytes]:
+    """A model's weights (.pt state_dict) and model card (.json), consistent with each other.
+
+    The card's sha256 is set to the sha256 of these weight bytes, so the pair loads back with
+    :func:`cnn_core.checkpoint.load_checkpoint_bytes` (and with ``load_checkpoint`` once saved).
+    """
+    weights = state_dict_bytes(loaded.model)
+    card = dict(loaded.card)
+    card.update(architecture=loaded.config.to_dict(), sha256=sha256_bytes(weights),
+                parameters=sum(p.numel() for p in loaded.model.parameters()))
+    if weights_file is not None:
+        card["weights_file"] = weights_file
+    return weights, (json.dumps(card, indent=2) + "\n").encode()

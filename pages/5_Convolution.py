@@ -1,0 +1,251 @@
+"""Convolution, step by step: one value of a feature map worked out from the pixels and the weights."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cnn_core.convolution import (ConvGeometry, ConvStep, conv_layer, conv_layer_names, conv_step, filled_map,
+                                  geometry, index_of, layer_input, pad_input, position_at, top_channels)
+from cnn_core.data import MNIST_MEAN, MNIST_STD
+from ui import explain_figures as xf
+from ui.state import digit_or_sample_picker, get_model, get_trace
+
+st.set_page_config(page_title="Convolution · CNN Explorer", page_icon="🔢", layout="wide")
+
+PLOT_CONFIG = {"displayModeBar": False}
+PLAY_SECONDS = 0.6  # one step of the animation
+TOP_SHOWN = 3  # input channels of a deep layer worked out in full
+# Session keys: the position is kept in INDEX; the slider and the row/column inputs mirror it.
+LAYER, FILTER, INDEX, SLIDER, ROW, COL = "cv_layer", "cv_filter", "cv_index", "cv_slider", "cv_row", "cv_col"
+PLAY, SPEED, STOP, IN_CHANNEL, MAP = "cv_play", "cv_speed", "cv_stop_play", "cv_in_channel", "cv_output_map"
+SPEEDS = {"1 position": 1, "4 positions": 4, "1 row": 0}  # 0: a whole row per step
+
+
+def geometry_of(layer_name: str) -> ConvGeometry:
+    """The window geometry of ``layer_name`` on the input it received for the current digit."""
+    x = layer_input(model, tr, layer_name)
+    return geometry(conv_layer(model, layer_name), (x.shape[-2], x.shape[-1]))
+
+
+# --- callbacks: they run before the script, so they may set any widget's value ------------------------
+
+
+def on_layer_change() -> None:
+    """A new layer: keep the filter and the position inside its ranges."""
+    name = st.session_state[LAYER]
+    st.session_state[FILTER] = min(st.session_state.get(FILTER, 0), conv_layer(model, name).out_channels - 1)
+    st.session_state[INDEX] = min(st.session_state.get(INDEX, 0), geometry_of(name).positions - 1)
+    st.session_state.pop(IN_CHANNEL, None)
+
+
+def go_to(index: int) -> None:
+    st.session_state[INDEX] = max(0, min(index, geometry_of(st.session_state[LAYER]).positions - 1))
+
+
+def on_slider() -> None:
+    go_to(st.session_state[SLIDER])
+
+
+def on_row_col() -> None:
+    g = geometry_of(st.session_state[LAYER])
+    go_to(index_of(g, st.session_state[ROW], st.session_state[COL]))
+
+
+def step(by: int) -> None:
+    go_to(st.session_state[INDEX] + by)
+
+
+def on_map_click() -> None:
+    """A click on the output map moves the window there."""
+    event = st.session_state.get(MAP)
+    cell = xf.cell_from_selection(event["selection"] if event else None)
+    if cell is not None:
+        go_to(index_of(geometry_of(st.session_state[LAYER]), *cell))
+
+
+# --- the parts of the step view --------------------------------------------------------------------------
+
+
+def position_controls(g: ConvGeometry, index: int) -> None:
+    """The slider over all positions, row and column inputs, and single-step buttons."""
+    row, col = position_at(g, index)
+    st.session_state[SLIDER], st.session_state[ROW], st.session_state[COL] = index, row, col
+    st.slider(f"Window position (0 to {g.positions - 1}: left to right, then top to bottom)", 0, g.positions - 1,
+              key=SLIDER, on_change=on_slider, format="%d")
+    a, b, c, d, e = st.columns([1, 1, 1, 1, 1.2], vertical_alignment="bottom")
+    a.number_input("Output row", 0, g.out_size[0] - 1, key=ROW, on_change=on_row_col)
+    b.number_input("Output column", 0, g.out_size[1] - 1, key=COL, on_change=on_row_col)
+    c.button("◀ Back", key="cv_back", on_click=step, args=(-1,), width="stretch")
+    d.button("Step ▶", key="cv_next", on_click=step, args=(1,), width="stretch")
+    e.button("Next row ↓", key="cv_next_row", on_click=step, args=(g.out_size[1],), width="stretch")
+
+
+def input_channel_to_show(s: ConvStep) -> int:
+    """For a deep layer, which input map the window is drawn on (by default the one this filter weights most)."""
+    c_in = s.kernel.shape[0]
+    if c_in == 1:
+        return 0
+    if IN_CHANNEL not in st.session_state:
+        st.session_state[IN_CHANNEL] = int(s.kernel.flatten(start_dim=1).norm(dim=1).argmax())
+    column, _ = st.columns([1, 3])
+    return column.number_input(f"Input map drawn below (0 to {c_in - 1})", 0, c_in - 1, key=IN_CHANNEL,
+                               help="The filter reads all input maps at once; this picks which one is drawn. "
+                                    "It starts on the map this filter weighs most.")
+
+
+def window_figures(g: ConvGeometry, s: ConvStep, channel: int, out_map) -> None:
+    """Left: the padded input with the window. Middle: the output map filled up to here."""
+    x = layer_input(model, tr, s.layer)
+    left, middle = st.columns(2, gap="medium")
+    with left:
+        what = "the input" if x.shape[0] == 1 else f"input map {channel} ({previous_name(s.layer)})"
+        st.plotly_chart(xf.sliding_window(pad_input(x, g.padding)[channel], g.padding, s.top, s.left, g.span,
+                                          f"The window on {what}",
+                                          colorscale="gray" if x.shape[0] == 1 else "Viridis"),
+                        key="cv_window", config=PLOT_CONFIG)
+    with middle:
+        lim = float(out_map.abs().max()) or 1.0  # fixed range: colours do not change as the map fills up
+        index = index_of(g, s.row, s.col)
+        st.plotly_chart(xf.clickable_heatmap(filled_map(out_map, g, index), f"{s.layer}, filter {s.filter}: "
+                                             f"filled up to ({s.row}, {s.col})", zmin=-lim, zmax=lim, zmid=None,
+                                             marked=(s.row, s.col)),
+                        key=MAP, config=PLOT_CONFIG, on_select=on_map_click, selection_mode="points")
+    if any(g.padding):
+        note = ("The paper-coloured border is the padding: the convolution reads zeros there, so that the window "
+                "can be centred on the edge pixels too"
+                + (" and the map keeps the input's size" if g.out_size == g.in_size else "")
+                + (f". Zero is not blank: in normalised units the blank background is "
+                   f"{-MNIST_MEAN / MNIST_STD:.2f}." if x.shape[0] == 1 else "."))
+    else:
+        note = "This layer has no padding: the window stays inside the input, so the map is smaller than the input."
+    st.caption(note + " Click a cell of the output map to move the window there.")
+
+
+def previous_name(layer_name: str) -> str:
+    names = [n for n, _ in model.named_children()]
+    i = names.index(layer_name)
+    return names[i - 1] if i else "input"
+
+
+def value_range(layer_name: str) -> tuple[float, float]:
+    """The range of the whole input of ``layer_name``: the patches are coloured like the big picture."""
+    x = layer_input(model, tr, layer_name)
+    return float(x.min()), float(x.max())
+
+
+def arithmetic_single(s: ConvStep) -> None:
+    """A one-channel layer: patch × kernel = products, cell by cell."""
+    a, b, c = st.columns(3, gap="small")
+    with a:
+        st.plotly_chart(xf.number_grid(s.patch[0], "Input under the window", colorscale="gray",
+                                       in_padding=s.in_padding, zrange=value_range(s.layer)),
+                        key="cv_patch_0", config=PLOT_CONFIG)
+    with b:
+        st.plotly_chart(xf.number_grid(s.kernel[0], f"× weights of filter {s.filter}"),
+                        key="cv_kernel_0", config=PLOT_CONFIG)
+    with c:
+        st.plotly_chart(xf.number_grid(s.products[0], "= products, cell by cell", in_padding=s.in_padding),
+                        key="cv_products_0", config=PLOT_CONFIG)
+
+
+def arithmetic_deep(s: ConvStep) -> None:
+    """A many-channel layer: what each input map adds, then the strongest few in full."""
+    c_in = s.kernel.shape[0]
+    strongest = top_channels(s, TOP_SHOWN)
+    st.plotly_chart(xf.channel_contributions(s.per_channel, strongest,
+                                             title=f"What each of the {c_in} input maps adds to the sum"),
+                    key="cv_contributions", config=PLOT_CONFIG)
+    st.caption(f"Each bar is the sum of the {s.kernel[0].numel()} products of one input map. "
+               f"The {TOP_SHOWN} outlined ones move the total most; here they are in full:")
+    for ch in strongest:
+        a, b, c = st.columns(3, gap="small")
+        with a:
+            st.plotly_chart(xf.number_grid(s.patch[ch], f"Map {ch} under the window", colorscale="Viridis",
+                                           in_padding=s.in_padding, zrange=value_range(s.layer), height=200),
+                            key=f"cv_patch_{ch}", config=PLOT_CONFIG)
+        with b:
+            st.plotly_chart(xf.number_grid(s.kernel[ch], f"× slice {ch} of filter {s.filter}", height=200),
+                            key=f"cv_kernel_{ch}", config=PLOT_CONFIG)
+        with c:
+            st.plotly_chart(xf.number_grid(s.products[ch], f"= products, sum {float(s.per_channel[ch]):+.4f}",
+                                           in_padding=s.in_padding, height=200),
+                            key=f"cv_products_{ch}", config=PLOT_CONFIG)
+
+
+def the_sum(s: ConvStep, value: float) -> None:
+    """Sum of products + bias, beside the value the layer itself computed."""
+    terms = "the 9 products" if s.kernel.numel() == 9 else f"all {s.kernel.numel()} products"
+    st.markdown(f"Sum of {terms}: **{s.weighted_sum:+.4f}** · bias of filter {s.filter}: **{s.bias:+.4f}**")
+    a, b = st.columns(2)
+    a.metric("Sum of products + bias", f"{s.total:.4f}")
+    b.metric(f"{s.layer}[{s.filter}, {s.row}, {s.col}] in the feature map", f"{value:.4f}")
+    padded = int(s.in_padding.sum())
+    if padded:
+        st.caption(f"{padded} of the {s.in_padding.numel()} window cells lie in the zero padding: their products "
+                   "are 0, so near the border only part of the filter counts.")
+
+
+# --- the page ---------------------------------------------------------------------------------------------
+
+st.title("Convolution, step by step")
+digit = digit_or_sample_picker()
+loaded = get_model()
+model = loaded.model
+tr = get_trace(digit)
+names = conv_layer_names(model)
+if not names:
+    st.info(f"The model picked in the sidebar ({loaded.name}) has no convolution layers, so there is no "
+            "sliding window to show. Pick a CNN in the sidebar's Model box.")
+    st.stop()
+
+st.write(
+    "Every number in a feature map is one small sum: lay the filter's weights over a window of the input, "
+    "multiply each weight by the value under it, add everything up, add the bias. Then the window moves one "
+    f"step and does it again. Follow it here on **{digit.source}**."
+)
+
+if st.session_state.get(LAYER) not in names:
+    st.session_state[LAYER] = names[0]
+controls = st.columns([1, 2, 1, 1], vertical_alignment="bottom")
+layer_name = controls[0].selectbox("Layer", names, key=LAYER, on_change=on_layer_change)
+layer = conv_layer(model, layer_name)
+st.session_state.setdefault(FILTER, 0)
+filter_index = controls[1].slider(f"Filter (0 to {layer.out_channels - 1})", 0, layer.out_channels - 1,
+                                  key=FILTER, on_change=lambda: st.session_state.pop(IN_CHANNEL, None))
+if st.session_state.pop(STOP, False):
+    st.session_state[PLAY] = False
+playing = controls[2].toggle("▶ Play", key=PLAY, help="Step the window along by itself.")
+controls[3].selectbox("Speed", list(SPEEDS), key=SPEED, disabled=not playing)
+g = geometry_of(layer_name)
+st.caption(f"{layer_name}: {layer.in_channels} input map(s) of {g.in_size[0]}×{g.in_size[1]}, kernel "
+           f"{g.kernel[0]}×{g.kernel[1]}, stride {g.stride[0]}, padding {g.padding[0]} → "
+           f"{layer.out_channels} maps of {g.out_size[0]}×{g.out_size[1]}.")
+
+
+@st.fragment(run_every=PLAY_SECONDS if playing else None)
+def step_view() -> None:
+    """The window, the output map and the sum; reruns on its own (and, while playing, on a timer)."""
+    g = geometry_of(layer_name)
+    index = min(st.session_state.get(INDEX, 0), g.positions - 1)
+    if st.session_state.get(PLAY):
+        by = SPEEDS[st.session_state.get(SPEED, "1 position")] or g.out_size[1]
+        if index >= g.positions - 1:
+            st.session_state[STOP] = True  # the end: switch the toggle off with a full rerun
+            st.rerun()
+        index = min(index + by, g.positions - 1)
+    st.session_state[INDEX] = index
+    position_controls(g, index)
+    row, col = position_at(g, index)
+    s = conv_step(model, tr, layer_name, filter_index, row, col)
+    out_map = tr[layer_name][filter_index]
+    channel = input_channel_to_show(s)
+    window_figures(g, s, channel, out_map)
+    st.subheader(f"Output ({row}, {col}) of filter {filter_index}, worked out")
+    if s.kernel.shape[0] == 1:
+        arithmetic_single(s)
+    else:
+        arithmetic_deep(s)
+    the_sum(s, float(out_map[row, col]))
+
+
+step_view()
