@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
-from cnn_core.preprocess import MAX_UPLOAD_BYTES, ImageError, load_image, preprocess
+from cnn_core.preprocess import MAX_UPLOAD_BYTES, ImageError, load_image, preprocess, to_greyscale
 from ui.figures import image_heatmap, probability_bars
 from ui.state import clear_digit, current_digit, get_model, get_trace, set_digit
 
@@ -14,6 +16,19 @@ st.set_page_config(page_title="CNN Explorer", page_icon="🔢", layout="wide")
 CANVAS_SIZE = 280
 STROKE_WIDTH = 20  # about 2 px of the 28x28 input once the digit is scaled into its 20x20 box
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
+
+
+
+def preview_of(image: Image.Image) -> Image.Image:
+    """A small copy of an upload in a mode the browser can show (16-bit and float images are not)."""
+    preview = image.copy()
+    preview.thumbnail((360, 360))
+    if preview.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        return preview
+    if preview.mode == "CMYK":
+        return preview.convert("RGB")
+    return Image.fromarray(np.uint8(np.round(to_greyscale(preview) * 255)))
+
 
 st.title("CNN Explorer")
 st.write(
@@ -51,7 +66,8 @@ with left:
         )
         if upload is not None:
             try:
-                result = preprocess(load_image(upload.getvalue()))
+                image = load_image(upload.getvalue())
+                result = preprocess(image)
             except ImageError as e:
                 st.error(f"{upload.name}: {e}")
                 clear_digit(only_source_prefix="upload")
@@ -60,7 +76,7 @@ with left:
                     st.warning(f"{upload.name} looks blank: no digit found to classify.")
                     clear_digit(only_source_prefix="upload")
                 else:
-                    st.image(upload.getvalue(), caption=upload.name, width=180)
+                    st.image(preview_of(image), caption=upload.name, width=180)
                     set_digit(result.pixels, f"upload {upload.name}")
 
 digit = current_digit()
@@ -75,7 +91,7 @@ with right:
                       delta_color="off")
             st.caption(f"Input: {digit.source}")
         with b:
-            st.plotly_chart(image_heatmap(digit.pixels, "What the network sees (28x28)", height=220),
+            st.plotly_chart(image_heatmap(digit.pixels, "Network input, 28x28", height=220),
                             key="input_preview", config={"displayModeBar": False})
         st.plotly_chart(probability_bars(trace.probabilities), key="probabilities",
                         config={"displayModeBar": False})

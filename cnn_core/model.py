@@ -62,6 +62,8 @@ def config_from_dict(d: dict) -> ModelConfig:
         unknown = set(d) - allowed
         if unknown:
             raise ValueError(f"unknown CNN settings: {sorted(unknown)}")
+        if d.get("pool", "max") not in ("max", "avg"):
+            raise ValueError(f"unknown pooling {d['pool']!r} (expected 'max' or 'avg')")
         return CNNConfig(**d)
     if kind == "mlp":
         unknown = set(d) - {"hidden", "dropout"}

@@ -3,8 +3,9 @@
     python -m cnn_core.train --data ../shared/data/mnist --out models/mnist_cnn.pt
 
 One obvious loop: shuffle, augment (small random rotations, shifts and scalings,
-so 10,000 digits go further), step, and evaluate on the test split after each
-epoch. Weights and model card are written only at the end, atomically.
+so 10,000 digits go further), step, keep a moving average of the weights, and
+evaluate that average on the test split after each epoch. Weights and model
+card are written only at the end, atomically.
 """
 
 from __future__ import annotations
@@ -31,17 +32,20 @@ from .model import CNNConfig, MLPConfig, ModelConfig, build_model, count_paramet
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: the defaults train the shipped model (about 1 min/epoch on 2 CPU cores)."""
+    """How to train. The defaults train the shipped model: 80 epochs of 10,000 digits."""
 
-    epochs: int = 20
+    epochs: int = 80
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak of the one-cycle schedule
     weight_decay: float = 1e-4
     seed: int = 0
     train_size: int | None = None
     augment: bool = True
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # > 0: keep an exponential moving average of the weights and return it
+    rotate: float = 8.0  # degrees, at most, either way
+    zoom: float = 0.08  # scale by 1 +- zoom at most
+    shift: float = 1.5  # pixels, at most, in each direction
+    label_smoothing: float = 0.05
+    ema: float = 0.999  # > 0: return an exponential moving average of the weights along training
 
 
 @dataclass
@@ -80,27 +84,33 @@ class TrainResult:
     cancelled: bool = False
 
 
-def random_distort(pixels: torch.Tensor, generator: torch.Generator, degrees: float = 12.0,
-                   scale: float = 0.1, shift: float = 2.5, elastic: float = 1.5) -> torch.Tensor:
-    """Per-image random rotation, scaling, shift and a smooth elastic warp of a batch (N, 1, 28, 28) in [0, 1].
+def random_affine(pixels: torch.Tensor, generator: torch.Generator, degrees: float,
+                  zoom: float, shift: float) -> torch.Tensor:
+    """Per-image random rotation (up to ``degrees``), scaling (1 +- ``zoom``) and shift (up to ``shift`` px).
 
-    ``shift`` and ``elastic`` are in pixels: the warp moves each pixel by up to about
-    ``elastic`` px along a smooth random field, like the distortions of handwriting.
+    Works on a batch (N, 1, H, W) in [0, 1]; what moves in from outside is background (0).
     """
     n, _, h, w = pixels.shape
     u = torch.rand(n, 4, generator=generator) * 2 - 1
     angle = u[:, 0] * math.radians(degrees)
-    s = 1 + u[:, 1] * scale
+    s = 1 + u[:, 1] * zoom
     tx, ty = u[:, 2] * shift / (w / 2), u[:, 3] * shift / (h / 2)  # affine_grid works in [-1, 1] units
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    if elastic > 0:
-        # Random displacements on a coarse 4x4 lattice, upsampled smoothly to every pixel.
-        coarse = torch.rand(n, 2, 4, 4, generator=generator) * 2 - 1
-        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
-        grid = grid + field.permute(0, 2, 3, 1) * (elastic / (w / 2))
     return F.grid_sample(pixels, grid, align_corners=False, padding_mode="zeros")
+
+
+def _ema(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Exponential moving average of the weights: the average along the last steps generalises
+    better than the last step alone. The decay ramps up over the first steps, so a short run
+    (a few hundred steps in the app) averages recent weights rather than the random initial ones.
+    """
+    def update(average: torch.Tensor, current: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + int(steps)) / (10 + int(steps)))
+        return average * d + current * (1 - d)
+
+    return update
 
 
 def train_model(
@@ -122,9 +132,7 @@ def train_model(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = math.ceil(len(labels) / config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * batches)
-    # The average of the weights along the last steps generalises better than the last step alone.
-    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema))
-                if config.ema > 0 else None)
+    averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=_ema(config.ema)) if config.ema > 0 else None
     result = TrainResult(model=model)
 
     for epoch in range(1, config.epochs + 1):
@@ -139,7 +147,7 @@ def train_model(
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             x = pixels[idx]
             if config.augment:
-                x = random_distort(x, gen)
+                x = random_affine(x, gen, config.rotate, config.zoom, config.shift)
             x = (x - MNIST_MEAN) / MNIST_STD
             y = labels[idx]
             logits = model(x)
@@ -226,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         model_config = _model_config(a)
         build_model(model_config)  # fail on an impossible architecture before loading data
         _check_writable(out)
-        cfg = TrainConfig(a.epochs, a.batch_size, a.lr, a.weight_decay, a.seed, a.train_size, not a.no_augment)
+        cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                          seed=a.seed, train_size=a.train_size, augment=not a.no_augment)
         if cfg.epochs < 1 or cfg.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be at least 1")
         if cfg.train_size is not None and cfg.train_size < 1:

@@ -108,10 +108,12 @@ choices = {f"Current: {digit.source}": digit}
 choices.update({f"sample {s.label} ({s.source})": Digit(s.pixels, f"sample {s.label} ({s.source})") for s in samples})
 labels = list(choices)
 tr_first = get_trace(digit)
-default_b = next((i for i, s in enumerate(samples, start=1) if s.label != tr_first.prediction), 1)
+# B: by default a sample that is not A and is another digit than A reads, so that the layers have something to show.
+others = [i for i in range(1, len(labels)) if choices[labels[i]].key != digit.key]
+default_b = next((i for i in others if samples[i - 1].label != tr_first.prediction), others[0] if others else 0)
 pick_a, pick_b = st.columns(2)
 label_a = pick_a.selectbox("Input A", labels, index=0, key="compare_a")
-label_b = pick_b.selectbox("Input B", labels, index=min(default_b, len(labels) - 1), key="compare_b")
+label_b = pick_b.selectbox("Input B", labels, index=default_b, key="compare_b")
 digit_a, digit_b = choices[label_a], choices[label_b]
 tr_a, tr_b = get_trace(digit_a), get_trace(digit_b)
 if digit_a.key == digit_b.key:
@@ -167,8 +169,11 @@ else:
     first = model_id
     second = SHIPPED_ID if first != SHIPPED_ID else next(i for i in ids if i != first)
     m1, m2 = st.columns(2)
-    x_id = m1.selectbox("Network 1", ids, index=ids.index(first), format_func=model_label, key="compare_model_1")
-    y_id = m2.selectbox("Network 2", ids, index=ids.index(second), format_func=model_label, key="compare_model_2")
+    labels = {i: model_label(i) for i in ids}
+    x_id = m1.selectbox("Network 1", ids, index=ids.index(first), format_func=labels.__getitem__,
+                        key="compare_model_1")
+    y_id = m2.selectbox("Network 2", ids, index=ids.index(second), format_func=labels.__getitem__,
+                        key="compare_model_2")
     tr_x, tr_y = get_trace(digit_a, model_id=x_id), get_trace(digit_a, model_id=y_id)
     names = [f"1: {model_label(x_id)}", f"2: {model_label(y_id)}"]
     if x_id == y_id:

@@ -74,6 +74,8 @@ def random_model(config, name: str, seed: int = 0) -> LoadedModel:
     """An untrained model with a card like the app gives its own models (the sha256 is the weights')."""
     torch.manual_seed(seed)
     model = build_model(config).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # as the app's own models (cnn_core.jobs, cnn_core.checkpoint)
     card = {"name": name, "architecture": config.to_dict(), "sha256": sha256_bytes(state_dict_bytes(model)),
             "parameters": sum(p.numel() for p in model.parameters())}
     return LoadedModel(model, config, card)
@@ -372,7 +374,7 @@ def test_one_input_through_two_networks(shipped):
     assert np.allclose(decode(bars[0]["y"]), trace(variant.model, x).probabilities.numpy(), atol=1e-6)
     assert np.allclose(decode(bars[1]["y"]), trace(shipped.model, x).probabilities.numpy(), atol=1e-6)
     labels = {d.proto.label for d in at.get("download_button")}
-    assert {"Activations of A (.npz)", "Maps of pool1 for A (.png)", "Download activations (.npz)"} <= labels
+    assert {"Activations of A (.npz)", "Maps of conv1 for A (.png)", "Download activations (.npz)"} <= labels
 
 
 def test_compare_with_only_the_shipped_network_and_with_an_mlp():

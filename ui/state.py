@@ -177,7 +177,8 @@ def model_picker() -> LoadedModel:
     if st.session_state.get(PICKER_KEY) != selected:  # selected elsewhere (another page, a training run)
         st.session_state[PICKER_KEY] = selected
     with st.sidebar:
-        st.selectbox("Model", options, key=PICKER_KEY, format_func=model_label, on_change=_picked,
+        labels = {model_id: model_label(model_id) for model_id in options}  # a plain mapping: no state needed later
+        st.selectbox("Model", options, key=PICKER_KEY, format_func=labels.__getitem__, on_change=_picked,
                      help="The network every page explores. Train your own variant, or upload weights, "
                           "on the **Train your own** page.")
     return get_model()
