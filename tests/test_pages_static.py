@@ -151,7 +151,7 @@ def test_ann_page_counts_the_mlp_the_user_asks_for():
         assert metric(at, f"MLP, {label}") == f"{mlp:,}"
         cnn = int(metric(at, f"CNN, {label}").replace(",", ""))
         assert metric(at, f"CNN ÷ MLP, {label}") == f"{share(cnn, mlp):.1%}"
-    assert len(at.dataframe) == 1
+    assert len(at.dataframe) == 2  # the MLP's layers, then the two trained networks
     table = at.dataframe[0].value
     assert list(table["parameters"]) == [d.parameters for s in (MNIST, COLOUR) for d in mlp_layers(s, (512, 256))]
     # the bar chart plots the same numbers
@@ -159,6 +159,26 @@ def test_ann_page_counts_the_mlp_the_user_asks_for():
     mlp_bars = [t for t in fig["data"] if t["name"] == "MLP"][0]
     assert [int(v) for v in mlp_bars["y"]] == [mlp_param_count(s, (512, 256)) for s in (MNIST, COLOUR)]
     assert fig["layout"]["yaxis"]["type"] == "log"
+
+
+def test_ann_page_measures_both_trained_networks(test_split):
+    from cnn_core.checkpoint import SHIPPED_MLP_WEIGHTS, load_checkpoint
+    from cnn_core.evaluate import accuracy
+
+    at = run(ANN_VS_CNN)
+    assert not at.error and not at.exception
+    table = at.dataframe[1].value
+    measured = list(table[f"accuracy, {len(test_split):,} test digits"])
+    cnn, mlp = load_checkpoint().model, load_checkpoint(SHIPPED_MLP_WEIGHTS).model
+    assert measured == pytest.approx([accuracy(cnn, test_split), accuracy(mlp, test_split)])
+    assert list(table["parameters"]) == [sum(p.numel() for p in m.parameters()) for m in (cnn, mlp)]
+    assert "shift_comparison" in chart_keys(at)
+
+
+def test_ann_page_without_data_says_so(tmp_path):
+    at = run(ANN_VS_CNN, ann_data=str(tmp_path))
+    assert not at.exception
+    assert any("Cannot measure the two networks" in i.value for i in at.info)
 
 
 @pytest.mark.parametrize("bad", ["abc", "0", "128, -5", "1, 2, 3, 4", ""])

@@ -109,3 +109,16 @@ def per_class_bars(per_class: Sequence[float], height: int = 300) -> go.Figure:
                       yaxis=dict(tickformat=".0%", range=[max(0.0, low - 0.05), 1.03], fixedrange=True),
                       xaxis=dict(title="true digit", type="category", fixedrange=True))
     return fig
+
+
+def shift_comparison(shifts: Sequence[int], curves: Mapping[str, Sequence[float]], height: int = 320) -> go.Figure:
+    """Test accuracy against how far the digits are shifted, one line per network."""
+    fig = go.Figure()
+    for (name, acc), colour in zip(curves.items(), [CNN_COLOUR, MLP_COLOUR, SECOND_COLOUR, "#54a24b"]):
+        fig.add_trace(go.Scatter(x=list(shifts), y=list(acc), mode="lines+markers", name=name,
+                                 line=dict(color=colour), hovertemplate="shift %{x} px: %{y:.1%}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(title="shift to the right (px)", dtick=1),
+                      yaxis=dict(title="test accuracy", tickformat=".0%", range=[0, 1.02]),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
