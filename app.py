@@ -9,7 +9,8 @@ from streamlit_drawable_canvas import st_canvas
 
 from cnn_core.preprocess import MAX_UPLOAD_BYTES, ImageError, load_image, preprocess, to_greyscale
 from ui.figures import image_heatmap, probability_bars
-from ui.state import clear_digit, current_digit, get_model, get_trace, set_digit
+from ui.state import (clear_digit, current_digit, get_trace, model_label, model_picker, selected_model_id,
+                      set_digit)
 
 st.set_page_config(page_title="CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -37,7 +38,7 @@ st.write(
     "and why a CNN needs far fewer weights than a plain fully connected network."
 )
 
-loaded = get_model()
+loaded = model_picker()
 left, right = st.columns([1, 1], gap="large")
 
 with left:
@@ -97,10 +98,10 @@ with right:
                         config={"displayModeBar": False})
 
 st.divider()
+layers = " → ".join(name for name, _ in loaded.model.named_children())
+accuracy = (loaded.card.get("metrics") or {}).get("test_accuracy")
+measured = f", {accuracy:.2%} on the MNIST test digits of its card" if isinstance(accuracy, float) else ""
 st.markdown(
-    f"**The network** ({loaded.card.get('parameters', 0):,} parameters, "
-    f"{loaded.card.get('metrics', {}).get('test_accuracy', 0):.2%} on "
-    f"{loaded.card.get('metrics', {}).get('test_examples', 0):,} MNIST test digits): "
-    "conv 3x3 (32) → ReLU → max-pool → conv 3x3 (64) → ReLU → max-pool → flatten → dropout → "
-    "linear 128 → linear 10. Open **Feature maps** to follow your digit through every layer."
+    f"**{model_label(selected_model_id())}** ({sum(p.numel() for p in loaded.model.parameters()):,} parameters"
+    f"{measured}): {layers}. Open **Feature maps** to follow your digit through every layer."
 )

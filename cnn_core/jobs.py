@@ -5,11 +5,12 @@ runs :func:`cnn_core.train.train_model` in its own daemon thread, records progre
 under a lock, and can be cancelled between batches. No Streamlit here.
 
 Threads: ``torch.set_num_threads`` is process-wide, so it is deliberately not called.
-A job's tensor operations use torch's intra-op pool, the same cores the app's traces
-use (2 on the reference machine): while a job runs, pages render more slowly
-(``bench/bench_train_load.py`` measures by how much). To keep that bounded, at most
-:data:`MAX_RUNNING_JOBS` jobs run at once in the whole process; :meth:`TrainingJob.start`
-raises :class:`JobLimitError` beyond that.
+A job's tensor operations run on the same cores as the app's traces (2 on the reference
+machine), so while a job runs pages render more slowly (``bench/bench_train_load.py``
+measures by how much). Two things bound that: the training thread lowers its own CPU
+priority (``nice``, per thread on Linux, inherited by the worker threads torch starts for
+it), and at most :data:`MAX_RUNNING_JOBS` jobs run at once in the whole process
+(:meth:`TrainingJob.start` raises :class:`JobLimitError` beyond that).
 """
 
 from __future__ import annotations
@@ -30,12 +31,29 @@ from .model import ModelConfig, build_model, count_parameters
 from .train import EpochStats, Progress, TrainConfig, TrainResult, train_model
 
 MAX_RUNNING_JOBS = int(os.environ.get("CNN_EXPLORER_MAX_TRAINING_JOBS", "2"))
+NICE = 10  # how much lower a training thread's CPU priority is than the pages' (Linux)
 
 Status = Literal["created", "running", "done", "cancelled", "failed"]
 
 _slots_lock = threading.Lock()
 _running = 0
 _live: "weakref.WeakSet[TrainingJob]" = weakref.WeakSet()  # started and not finished yet
+
+
+def _lower_this_threads_priority(nice: int) -> None:
+    """Give the calling thread (and the threads it starts) ``nice`` more niceness, where the OS allows it.
+
+    On Linux niceness belongs to each thread, and the threads torch starts for this thread's
+    parallel work inherit it: training then only takes the CPU time the pages leave. Elsewhere,
+    or without the permission, training simply runs at normal priority.
+    """
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError):
+        pass
 
 
 class JobLimitError(RuntimeError):
@@ -113,7 +131,7 @@ class TrainingJob:
     """
 
     def __init__(self, model_config: ModelConfig, train_split: MnistSplit, test_split: MnistSplit | None = None,
-                 config: TrainConfig = TrainConfig(epochs=1), name: str = "my network") -> None:
+                 config: TrainConfig = TrainConfig(epochs=1), name: str = "my network", nice: int = NICE) -> None:
         build_model(model_config)  # an impossible architecture fails here, in the caller, not in the thread
         if config.epochs < 1 or config.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
@@ -122,6 +140,7 @@ class TrainingJob:
         self.test_split = test_split
         self.config = config
         self.name = name
+        self.nice = nice
         self.result: TrainResult | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -234,6 +253,7 @@ class TrainingJob:
 
     def _run(self) -> None:
         status: Status = "failed"
+        _lower_this_threads_priority(self.nice)
         try:
             result = train_model(self.model_config, self.train_split, self.test_split, self.config,
                                  on_progress=self._on_progress, on_epoch=self._on_epoch,

@@ -10,6 +10,7 @@ from cnn_core.export import feature_maps_png, trace_to_npz
 from cnn_core.introspect import Trace
 from ui.figures import DIVERGING, PROB_COLOUR, TOP_COLOUR, image_heatmap
 from ui.state import (
+    SHIPPED_ID,
     Digit,
     available_model_ids,
     digit_or_sample_picker,
@@ -19,7 +20,6 @@ from ui.state import (
     get_trace,
     model_label,
     selected_model_id,
-    SHIPPED_ID,
 )
 
 st.set_page_config(page_title="Compare · CNN Explorer", page_icon="🔢", layout="wide")
@@ -146,10 +146,11 @@ with col_b:
     st.plotly_chart(image_heatmap(b, f"B: {layer}, channel {channel}", colorscale="Viridis", height=MAP_HEIGHT,
                                   showscale=True, zmin=lo, zmax=hi), key="compare_map_b", config=PLOT_CONFIG)
 with col_d:
-    st.plotly_chart(image_heatmap(diff, "A − B (red: A stronger, blue: B stronger)", colorscale=DIVERGING,
+    st.plotly_chart(image_heatmap(diff, "A − B", colorscale=DIVERGING,
                                   height=MAP_HEIGHT, showscale=True, zmin=-limit, zmax=limit),
                     key="compare_map_diff", config=PLOT_CONFIG)
 
+st.caption("One colour range for A and B. In A − B, red is where A is stronger, blue where B is.")
 absolute, relative = mean_abs_differences(tr_a, tr_b), relative_differences(tr_a, tr_b)
 st.plotly_chart(difference_bars(absolute, relative), key="compare_layer_bars", config=PLOT_CONFIG)
 deepest = [n for n in relative if n != "input"]

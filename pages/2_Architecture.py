@@ -7,7 +7,7 @@ from torch import nn
 
 from cnn_core.architecture import LayerRow, layer_table, output_size, total_parameters
 from ui.charts import shape_flow
-from ui.state import get_model
+from ui.state import get_model, model_picker
 
 st.set_page_config(page_title="Architecture · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -35,6 +35,7 @@ def parameter_origin(row: LayerRow, layer: nn.Module) -> str | None:
     return None
 
 
+model_picker()
 loaded = get_model()
 model = loaded.model
 rows = layer_table(model)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from torch import nn
 
-from cnn_core.checkpoint import SHIPPED_WEIGHTS
 from cnn_core.data import MnistDataError, MnistSplit, load_mnist
 from cnn_core.evaluate import EvalResult, evaluate
 from cnn_core.samples import data_dir
 from ui.charts import confusion_heatmap, per_class_bars, training_curves
-from ui.state import get_model
+from ui.state import model_picker
 
 st.set_page_config(page_title="Model · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -23,13 +23,13 @@ NOT_RECORDED = "not recorded"
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def evaluate_folder(folder: str, weights_sha256: str) -> tuple[MnistSplit, EvalResult]:
-    """The test split of ``folder`` and the shipped model's results on it, computed once per folder and weights.
+def evaluate_folder(folder: str, weights_sha256: str, _model: nn.Module) -> tuple[MnistSplit, EvalResult]:
+    """The test split of ``folder`` and the model's results on it, computed once per folder and weights.
 
     Cached as a resource (not copied on every rerun): the split and the result are only read.
     """
     split = load_mnist(folder, "test")
-    return split, evaluate(get_model().model, split)
+    return split, evaluate(_model, split)
 
 
 def count_text(value) -> str:
@@ -42,14 +42,14 @@ def enlarged(image: np.ndarray, factor: int = 3) -> np.ndarray:
     return np.kron(image, np.ones((factor, factor), dtype=np.uint8))
 
 
-loaded = get_model()
+loaded = model_picker()
 card = loaded.card
 metrics = card.get("metrics") or {}
 data = card.get("data") or {}
 
 st.title("The model")
-st.write(f"The weights shipped in `{SHIPPED_WEIGHTS.relative_to(SHIPPED_WEIGHTS.parent.parent)}`, as their model "
-         "card describes them, and then measured again here on MNIST test digits.")
+st.write("The selected network (pick another in the sidebar) as its model card describes it, and then "
+         "measured again here on MNIST test digits.")
 
 st.header("Model card")
 st.markdown(f"**{loaded.name}**")
@@ -94,7 +94,7 @@ if not folder:
 
 try:
     with st.spinner(f"Classifying the test digits in {folder}..."):
-        split, result = evaluate_folder(str(Path(folder).expanduser()), str(card.get("sha256", "")))
+        split, result = evaluate_folder(str(Path(folder).expanduser()), str(card.get("sha256", "")), loaded.model)
 except (MnistDataError, OSError) as e:  # OSError: e.g. a folder we may not read
     st.error(f"No usable MNIST test digits: {e}")
     st.info("Point the box above at a folder of MNIST IDX files to see the accuracy, the confusion matrix "

@@ -17,25 +17,23 @@ from cnn_core.jobs import MAX_RUNNING_JOBS, JobLimitError, JobSnapshot, Training
 from cnn_core.model import CNNConfig, build_model
 from cnn_core.samples import data_dir
 from cnn_core.train import TrainConfig
-from ui.charts import training_curves
 from ui.state import (
     MAX_OWN_MODELS,
+    SHIPPED_ID,
+    TRAINING_JOB_KEY,
     forget_model,
     get_model_by_id,
     model_label,
     model_picker,
     own_models,
+    register_finished_training,
     register_model,
     selected_model_id,
-    SHIPPED_ID,
 )
 
 st.set_page_config(page_title="Train your own · CNN Explorer", page_icon="🔢", layout="wide")
 
 PLOT_CONFIG = {"displayModeBar": False}
-JOB_KEY = "training_job"  # this session's latest TrainingJob
-REGISTERED_KEY = "training_job_registered"  # the job whose model is already in the picker
-TRAINED_ID_KEY = "training_job_model_id"  # ...and that model's id
 UPLOAD_KEY = "weights_upload_checked"  # (file ids, model id or error) of the last checked upload pair
 TEST_DIGITS = 2000  # test digits measured after each epoch: enough for a fair figure, quick to compute
 TRAIN_SIZES = (500, 5000)
@@ -62,7 +60,13 @@ def architecture_table(rows: list[LayerRow], key: str) -> None:
           "output shape": shape_text(r.output_shape), "parameters": r.parameters,
           "output size": r.size.formula() if r.size is not None else ""} for r in rows],
         hide_index=True, key=key, height=35 * (len(rows) + 1) + 3,
-        column_config={"parameters": st.column_config.NumberColumn(format="localized")},
+        column_config={"#": st.column_config.NumberColumn(width=40),
+                       "name": st.column_config.TextColumn(width=70),
+                       "type": st.column_config.TextColumn(width=90),
+                       "details": st.column_config.TextColumn(width=190),
+                       "output shape": st.column_config.TextColumn(width=95),
+                       "parameters": st.column_config.NumberColumn(width=80, format="localized"),
+                       "output size": st.column_config.TextColumn(width=380)},
     )
 
 
@@ -94,16 +98,6 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "my_cnn"
 
 
-def register_finished_job() -> None:
-    """Put the model of this session's finished training run in the Model picker, once."""
-    job: TrainingJob | None = st.session_state.get(JOB_KEY)
-    if job is None or st.session_state.get(REGISTERED_KEY) is job:
-        return
-    if job.snapshot().status == "done":
-        st.session_state[TRAINED_ID_KEY] = register_model(job.loaded_model())
-        st.session_state[REGISTERED_KEY] = job
-
-
 def chosen_settings() -> tuple[CNNConfig, TrainConfig, str]:
     """The network, the training budget and the name set by the Design and Train widgets.
 
@@ -126,7 +120,7 @@ def start_training() -> None:
     MESSAGE_KEY for the page to show.
     """
     config, train, name = chosen_settings()
-    previous: TrainingJob | None = st.session_state.get(JOB_KEY)
+    previous: TrainingJob | None = st.session_state.get(TRAINING_JOB_KEY)
     if previous is not None and previous.snapshot().running:  # e.g. a second click before the page caught up
         st.session_state[MESSAGE_KEY] = ("warning", "A training run is already going on: wait for it or cancel it.")
         return
@@ -140,7 +134,7 @@ def start_training() -> None:
     except JobLimitError as e:
         st.session_state[MESSAGE_KEY] = ("warning", f"The server is busy training: {e}")
         return
-    st.session_state[JOB_KEY] = job
+    st.session_state[TRAINING_JOB_KEY] = job
 
 
 def show_training_message() -> None:
@@ -215,8 +209,7 @@ def upload_section() -> None:
 
 # --- the page -------------------------------------------------------------------------------------------
 
-register_finished_job()  # before the picker, so the picker shows a model that has just finished training
-model_picker()
+model_picker()  # also puts the model of a finished training run in the picker
 
 st.title("Train your own network")
 st.write(
@@ -227,36 +220,36 @@ st.write(
 )
 
 st.header("Design")
-left, right = st.columns([1, 2], gap="large")
-with left:
-    conv1 = st.slider("Filters in conv1", 8, 64, 32, step=8, key="own_conv1")
-    conv2 = st.slider("Filters in conv2", 8, 64, 64, step=8, key="own_conv2")
-    kernel = st.radio("Kernel size", [3, 5], horizontal=True, key="own_kernel",
-                      format_func=lambda k: f"{k}×{k}")
-    padding = st.slider("Padding", 0, 2, 1, key="own_padding",
-                        help="Zeros added around each input of a convolution, on every side.")
-    pool = st.radio("Pooling", ["max", "avg"], horizontal=True, key="own_pool",
-                    format_func=lambda p: {"max": "max (keep the largest)", "avg": "average"}[p])
-    dropout = st.slider("Dropout before fc1", 0.0, 0.5, 0.25, step=0.05, key="own_dropout")
-    hidden_relu = st.checkbox("A ReLU between fc1 and fc2", key="own_hidden_relu",
-                              help="The shipped network has none: fc1 and fc2 then act as one linear map.")
+c1, c2, c3, c4 = st.columns(4, gap="medium")
+conv1 = c1.slider("Filters in conv1", 8, 64, 32, step=8, key="own_conv1")
+conv2 = c1.slider("Filters in conv2", 8, 64, 64, step=8, key="own_conv2")
+kernel = c2.radio("Kernel size", [3, 5], horizontal=True, key="own_kernel", format_func=lambda k: f"{k}×{k}")
+padding = c2.slider("Padding", 0, 2, 1, key="own_padding",
+                    help="Zeros added around each input of a convolution, on every side.")
+pool = c3.radio("Pooling", ["max", "avg"], horizontal=True, key="own_pool",
+                format_func=lambda p: {"max": "max", "avg": "average"}[p],
+                help="Max keeps the largest value of each 2×2 block, average their mean.")
+dropout = c3.slider("Dropout before fc1", 0.0, 0.5, 0.25, step=0.05, key="own_dropout")
+hidden_relu = c4.checkbox("ReLU after fc1", key="own_hidden_relu",
+                          help="A ReLU between fc1 and fc2. The shipped network has none: its fc1 and fc2 then "
+                               "act as one linear map.")
 config = CNNConfig(conv1_channels=conv1, conv2_channels=conv2, kernel_size=kernel, padding=padding, pool=pool,
                    dropout=round(dropout, 2), hidden_relu=hidden_relu)  # as chosen_settings() reads them
-with right:
-    try:
-        rows = layer_table(build_model(config))
-    except ValueError as e:  # the bounds above make this unreachable; never show a traceback
-        st.error(f"These settings do not make a network: {e}")
-        st.stop()
-    total = total_parameters(rows)
-    shipped_total = total_parameters(layer_table(get_model_by_id(SHIPPED_ID).model))
-    st.metric("Parameters", f"{total:,}", f"{total - shipped_total:+,} vs the shipped network", delta_color="off")
-    architecture_table(rows, "design_table")
-    st.caption("Output size of each convolution and pooling: (in + 2·padding − kernel) / stride + 1, "
-               "rounded down.")
+try:
+    rows = layer_table(build_model(config))
+except ValueError as e:  # the bounds above make this unreachable; never show a traceback
+    st.error(f"These settings do not make a network: {e}")
+    st.stop()
+total = total_parameters(rows)
+shipped_total = total_parameters(layer_table(get_model_by_id(SHIPPED_ID).model))
+c4.metric("Parameters", f"{total:,}", f"{total - shipped_total:+,} vs shipped" if total != shipped_total
+          else "same as shipped", delta_color="off", delta_arrow="off" if total == shipped_total
+          else "auto")
+architecture_table(rows, "design_table")
+st.caption("Output size of each convolution and pooling: (in + 2·padding − kernel) / stride + 1, rounded down.")
 
 st.header("Train")
-job: TrainingJob | None = st.session_state.get(JOB_KEY)
+job: TrainingJob | None = st.session_state.get(TRAINING_JOB_KEY)
 running = job is not None and job.snapshot().running
 a, b, c = st.columns(3)
 a.slider("Epochs", 1, 3, 1, key="own_epochs", help="Passes over the training digits.")
@@ -287,7 +280,8 @@ def progress_panel(job: TrainingJob, polling: bool) -> None:
     m1.metric("Training loss", f"{snap.loss:.3f}" if snap.loss is not None else "–")
     m2.metric("Training accuracy", f"{snap.accuracy:.1%}" if snap.accuracy is not None else "–")
     tested = [h.test_accuracy for h in snap.history if h.test_accuracy is not None]
-    m3.metric("Test accuracy", f"{tested[-1]:.1%}" if tested else "after the first epoch")
+    m3.metric("Test accuracy", f"{tested[-1]:.1%}" if tested else "–",
+              help=f"On {TEST_DIGITS:,} MNIST test digits, measured after each epoch.")
     st.plotly_chart(live_curve(snap), key="live_curve", config=PLOT_CONFIG)
     if snap.running:
         st.button("Cancel", key="own_cancel", on_click=job.cancel)
@@ -300,8 +294,7 @@ def progress_panel(job: TrainingJob, polling: bool) -> None:
 if job is not None:
     progress_panel(job, running)
 
-trained_id = st.session_state.get(TRAINED_ID_KEY) if job is not None and st.session_state.get(REGISTERED_KEY) is job \
-    else None
+trained_id = register_finished_training()
 if trained_id is not None and trained_id in own_models():
     trained = get_model_by_id(trained_id)
     accuracy = (trained.card.get("metrics") or {}).get("test_accuracy")
@@ -310,8 +303,6 @@ if trained_id is not None and trained_id in own_models():
                "**Feature maps** or any other page to explore it, or **Compare** to set it against the shipped one.")
     st.subheader(f"{trained.name}: the architecture")
     architecture_table(layer_table(trained.model), "trained_table")
-    if trained.card.get("history"):
-        st.plotly_chart(training_curves(trained.card["history"]), key="trained_curves", config=PLOT_CONFIG)
     weights_bytes, card_bytes = model_files(trained, f"{slug(trained.name)}.pt")
     d1, d2, _ = st.columns([1, 1, 2])
     d1.download_button("Download the weights (.pt)", weights_bytes, f"{slug(trained.name)}.pt",

@@ -176,6 +176,24 @@ def test_training_on_the_page_registers_a_model_every_page_explores(data_dir):
     assert list(table(arch, 0)["parameters"]) == [r.parameters for r in layer_table(trained.model)]
 
 
+def test_a_run_that_finishes_on_another_page_is_not_lost(data_dir):
+    at = ok(new_page(TRAIN))
+    at.get_by_key("own_train_size").set_value(500)
+    at.get_by_key("own_name").set_value("left behind")
+    at.button(key="own_train").click()
+    ok(at)
+    job = at.session_state["training_job"]
+    other = new_page(COMPARE)  # the user went on to another page of the same session
+    other.session_state["training_job"] = job
+    assert job.wait(180)
+    ok(other)
+    model_id = other.session_state[MODEL_KEY]
+    assert model_id.startswith("own:") and other.session_state[OWN_MODELS_KEY][model_id].name == "left behind"
+    assert other.selectbox(key=PICKER_KEY).value == model_id
+    ok(other)  # registered once: a rerun does not add it again
+    assert list(other.session_state[OWN_MODELS_KEY]) == [model_id]
+
+
 def test_cancel_on_the_page_keeps_no_model(data_dir):
     at = ok(new_page(TRAIN))
     at.get_by_key("own_train_size").set_value(5000)
@@ -331,6 +349,32 @@ def test_picking_a_model_in_the_sidebar_changes_what_pages_show(shipped):
     assert any("relu3" in h for h in headers), headers  # the variant's own layers are explained
 
 
+def test_a_session_keeps_at_most_max_own_models():
+    def script():
+        import streamlit as st
+        import torch
+
+        from cnn_core.checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
+        from cnn_core.model import MLPConfig, build_model
+        from ui.state import (MAX_OWN_MODELS, forget_model, get_model, own_models, register_model,
+                              selected_model_id)
+
+        ids = []
+        for seed in range(MAX_OWN_MODELS + 2):
+            torch.manual_seed(seed)
+            model = build_model(MLPConfig(hidden=(4,))).eval()
+            card = {"name": f"m{seed}", "sha256": sha256_bytes(state_dict_bytes(model))}
+            ids.append(register_model(LoadedModel(model, MLPConfig(hidden=(4,)), card), select=seed == 0))
+        st.markdown(f"kept {list(own_models()) == [ids[0], *ids[3:]]}")  # the selected stays, the oldest others go
+        st.markdown(f"selected {selected_model_id() == ids[0] and get_model().name == 'm0'}")
+        forget_model(ids[0])
+        st.markdown(f"forgotten {ids[0] not in own_models() and selected_model_id() == 'shipped:cnn'}")
+
+    at = AppTest.from_function(script, default_timeout=60)
+    ok(at)
+    assert [m.value for m in at.markdown] == ["kept True", "selected True", "forgotten True"]
+
+
 # --- page 10: compare ------------------------------------------------------------------------------------
 
 
@@ -377,9 +421,13 @@ def test_one_input_through_two_networks(shipped):
     assert {"Activations of A (.npz)", "Maps of conv1 for A (.png)", "Download activations (.npz)"} <= labels
 
 
-def test_compare_with_only_the_shipped_network_and_with_an_mlp():
+def test_compare_with_only_the_shipped_networks_and_with_an_mlp():
     at = ok(new_page(COMPARE))
-    assert "only one network" in texts(at.info)
+    if len(shipped_model_paths()) == 1:  # the CNN alone: nothing to compare it with yet
+        assert "only one network" in texts(at.info)
+    else:  # the shipped MLP is there: it is the CNN's default partner
+        assert at.selectbox(key="compare_model_2").value != SHIPPED_ID
+        assert len(chart(at, "compare_models_bars")["data"]) == 2
     mlp = random_model(MLPConfig(hidden=(32,)), "tiny MLP")
     model_id, models = own(mlp)
     at = ok(new_page(COMPARE, models, model_id))

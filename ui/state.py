@@ -30,6 +30,9 @@ SHIPPED_ID = "shipped:cnn"
 SHIPPED_MLP_ID = "shipped:mlp"
 OWN_PREFIX = "own:"
 MAX_OWN_MODELS = 5  # per session: each variant holds up to a few MB of weights
+TRAINING_JOB_KEY = "training_job"  # this session's latest cnn_core.jobs.TrainingJob (see pages/9_Train_your_own.py)
+REGISTERED_JOB_KEY = "training_job_registered"  # the job whose model is already among the session's models
+TRAINED_ID_KEY = "training_job_model_id"  # ...and that model's id
 
 
 @dataclass(frozen=True)
@@ -166,21 +169,41 @@ def get_model(path: str | None = None) -> LoadedModel:
     return get_model_by_id(selected_model_id())
 
 
+def register_finished_training() -> str | None:
+    """Put the model of this session's training run among its models (and select it) once the run is done.
+
+    Called by the picker on every page, so a run finished while the user was on another page
+    is not lost. Returns the trained model's id, or None when no finished run's model is kept.
+    """
+    job = st.session_state.get(TRAINING_JOB_KEY)
+    if job is None:
+        return None
+    if st.session_state.get(REGISTERED_JOB_KEY) is not job and job.snapshot().status == "done":
+        st.session_state[TRAINED_ID_KEY] = register_model(job.loaded_model())
+        st.session_state[REGISTERED_JOB_KEY] = job
+    return st.session_state.get(TRAINED_ID_KEY) if st.session_state.get(REGISTERED_JOB_KEY) is job else None
+
+
 def _picked() -> None:
     st.session_state[MODEL_KEY] = st.session_state[PICKER_KEY]
 
 
 def model_picker() -> LoadedModel:
     """The sidebar's "Model" box; returns the selected model. Call it once per page run, before drawing the page."""
+    register_finished_training()
     options = available_model_ids()
     selected = selected_model_id()
-    if st.session_state.get(PICKER_KEY) != selected:  # selected elsewhere (another page, a training run)
-        st.session_state[PICKER_KEY] = selected
+    # Set on every run, even when unchanged: the value then goes to the browser with the widget. Otherwise a
+    # page switch shows the browser's default (the first option) while the pages explore the selected model.
+    st.session_state[PICKER_KEY] = selected
     with st.sidebar:
         labels = {model_id: model_label(model_id) for model_id in options}  # a plain mapping: no state needed later
         st.selectbox("Model", options, key=PICKER_KEY, format_func=labels.__getitem__, on_change=_picked,
                      help="The network every page explores. Train your own variant, or upload weights, "
                           "on the **Train your own** page.")
+        job = st.session_state.get(TRAINING_JOB_KEY)
+        if job is not None and job.snapshot().running:
+            st.caption(f"Training {job.name}: {job.snapshot().fraction:.0%} (it joins this list when it is done).")
     return get_model()
 
 

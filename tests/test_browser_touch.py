@@ -1,0 +1,151 @@
+"""Drawing with a finger: the home page on a phone-sized touch screen, driven by real touch events.
+
+Chromium emulates a phone (390x844 CSS pixels, touch, mobile viewport). The stroke is sent
+with the DevTools protocol's ``Input.dispatchTouchEvent`` (touchStart, touchMove..., touchEnd),
+as a finger would, not as mouse events. The page must then show a prediction, equal to what
+cnn_core predicts for the canvas's own pixels, and, once the real model ships (its card
+reports at least 99% test accuracy), the digit drawn: a vertical stroke is a 1.
+
+Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_REQUIRE_BROWSER=1.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser import (
+    ROOT,
+    SCREENSHOT_DIR,
+    TIMEOUT_MS,
+    assert_no_errors,
+    chromium_path,
+    launch_chromium,
+    start_streamlit,
+    wait_for_script_idle,
+)
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:
+    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
+        raise
+    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
+CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the pointer and touch events
+CANVAS_DRAWING = "canvas.dc-canvas.lower-canvas"  # the strokes, on a transparent background
+REAL_MODEL_ACCURACY = 0.99  # below this the shipped weights are the placeholder: do not expect the right digit
+ONE = [(0.5, 0.15 + 0.70 * i / 30) for i in range(31)]  # a vertical line, top to bottom, in canvas fractions
+
+_RUN_COUNTER_JS = """() => {
+    if (window.__touchRunsFinished === undefined) {
+        window.__touchRunsFinished = 0;
+        new MutationObserver(mutations => {
+            for (const m of mutations) {
+                const state = m.target.getAttribute('data-test-script-state');
+                if (state !== m.oldValue && (state === 'notRunning' || state === 'compilationError'))
+                    window.__touchRunsFinished++;
+            }
+        }).observe(document.documentElement, {subtree: true, attributes: true,
+                   attributeFilter: ['data-test-script-state'], attributeOldValue: true});
+    }
+    return window.__touchRunsFinished;
+}"""
+
+
+@pytest.fixture(scope="module")
+def server():
+    chromium_path()  # skip (or fail when required) before paying for a server when there is no browser
+    s = start_streamlit("app.py")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def phone(server):
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        context = browser.new_context(**PHONE)
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def real_model_ships() -> bool:
+    card = json.loads((ROOT / "models" / "mnist_cnn.json").read_text())
+    accuracy = (card.get("metrics") or {}).get("test_accuracy")
+    return isinstance(accuracy, (int, float)) and accuracy >= REAL_MODEL_ACCURACY
+
+
+def touch_stroke(page, points: list[tuple[float, float]]) -> None:
+    """One finger stroke over the canvas through CDP touch events, in CSS pixels of the viewport."""
+    canvas = page.locator(CANVAS_INPUT)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None, "the canvas is not visible"
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["viewport"]["width"], f"the canvas sticks out: {box}"
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, fx: float, fy: float) -> None:
+        point = {"x": box["x"] + fx * box["width"], "y": box["y"] + fy * box["height"], "id": 1,
+                 "radiusX": 4, "radiusY": 4, "force": 1}
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [] if kind == "touchEnd" else [point]})
+
+    touch("touchStart", *points[0])
+    for fx, fy in points[1:]:
+        touch("touchMove", fx, fy)
+    touch("touchEnd", *points[-1])
+    cdp.detach()
+
+
+def canvas_image(page) -> np.ndarray:
+    """The drawing canvas's RGBA pixels, read back from the browser."""
+    url = page.locator(CANVAS_DRAWING).evaluate("c => c.toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
+
+
+def shown_prediction(page) -> str:
+    label = page.get_by_test_id("stMetricLabel").filter(has_text=re.compile(r"^\s*Prediction\s*$"))
+    value = page.get_by_test_id("stMetric").filter(has=label).get_by_test_id("stMetricValue")
+    value.wait_for(state="visible")
+    return value.inner_text().strip()
+
+
+def test_a_finger_drawn_one_is_predicted(phone, server):
+    from cnn_core.checkpoint import load_checkpoint
+    from cnn_core.introspect import trace
+    from cnn_core.preprocess import preprocess
+
+    page = phone
+    page.goto(server.url)
+    wait_for_script_idle(page)
+    page.locator(CANVAS_INPUT).wait_for(state="visible")
+    assert page.evaluate("() => navigator.maxTouchPoints") > 0, "the browser does not emulate a touch screen"
+
+    before = page.evaluate(_RUN_COUNTER_JS)
+    touch_stroke(page, ONE)
+    page.wait_for_function("n => window.__touchRunsFinished > n", arg=before, timeout=TIMEOUT_MS)
+    wait_for_script_idle(page)
+
+    drawn = canvas_image(page)
+    assert drawn[..., 3].max() > 0, "the touch stroke left no ink on the canvas"
+    shown = shown_prediction(page)
+    assert_no_errors(page, "the home page after a touch stroke")
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / "home_touch_phone.png"), full_page=True)
+
+    result = preprocess(drawn)
+    assert not result.blank
+    expected = trace(load_checkpoint().model, result.tensor).prediction
+    assert shown == str(expected), "the shown prediction is not cnn_core's for the drawing"
+    if real_model_ships():
+        assert shown == "1", f"drew a 1 with a finger, the app predicts {shown}"
