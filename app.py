@@ -47,6 +47,7 @@ with left:
     if mode == "Draw":
         st.caption("Draw one digit, large, in the middle. The prediction follows each stroke; "
                    "use the canvas toolbar to undo or clear.")
+        st.write("")  # room for the toolbar that appears above the canvas on hover
         canvas = st_canvas(
             stroke_width=STROKE_WIDTH, stroke_color="#FFFFFF", background_color="#000000",
             height=CANVAS_SIZE, width=CANVAS_SIZE, drawing_mode="freedraw",
@@ -89,7 +90,7 @@ with right:
         a, b = st.columns([1, 1])
         with a:
             st.metric("Prediction", str(trace.prediction), f"{trace.confidence:.1%} confident",
-                      delta_color="off")
+                      delta_color="off", delta_arrow="off")
             st.caption(f"Input: {digit.source}")
         with b:
             st.plotly_chart(image_heatmap(digit.pixels, "Network input, 28x28", height=220),
