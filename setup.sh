@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip >/dev/null
 if [ "${1:-}" = "dev" ]; then
   .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 else

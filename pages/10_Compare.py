@@ -78,7 +78,8 @@ def grouped_probabilities(names: list[str], probabilities: list, height: int = 3
                              text=[f"{v:.0%}" if v >= 0.01 else "" for v in values], textposition="outside",
                              cliponaxis=False, hovertemplate=f"{name}, digit %{{x}}: %{{y:.2%}}<extra></extra>"))
     fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=40, b=10), dragmode=False,
-                      title="Output probabilities", legend=dict(orientation="h", y=-0.2, x=0.5, xanchor="center"),
+                      title="Output probabilities",
+                      legend=dict(orientation="h", y=-0.3, yanchor="top", x=0.5, xanchor="center"),
                       yaxis=dict(range=[0, 1.15], tickformat=".0%", title="probability", fixedrange=True),
                       xaxis=dict(title="digit", type="category", fixedrange=True))
     return fig

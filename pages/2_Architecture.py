@@ -55,7 +55,7 @@ table = [
     for r in rows
 ]
 st.dataframe(table, hide_index=True, width="content", key="layer_table",
-             height=35 * (len(table) + 1) + 3,  # every row visible: no scrolling inside the table
+             height="content",  # every row visible: no scrolling inside the table
              column_config={"#": st.column_config.NumberColumn(width=40),
                             "name": st.column_config.TextColumn(width=80),
                             "type": st.column_config.TextColumn(width=100),

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import pandas as pd
 import streamlit as st
 from torch import nn
 
@@ -156,9 +157,11 @@ def trained_comparison() -> None:
         return
     table = [{"network": m.name, "parameters": m.parameters, f"accuracy, {m.test_digits:,} test digits": m.accuracy,
               f"accuracy, shifted {SHIFTS[-1]} px": m.shifted[-1]} for m in (cnn, mlp)]
-    st.dataframe(table, hide_index=True, key="trained_table", column_config={
-        "parameters": st.column_config.NumberColumn(format="localized"),
-        **{k: st.column_config.NumberColumn(format="percent") for k in table[0] if k.startswith("accuracy")}})
+    # A Styler shows every accuracy with one decimal (the "percent" column format drops trailing zeros,
+    # "97%" next to "97.3%") while the table keeps the plain fractions.
+    accuracies = [k for k in table[0] if k.startswith("accuracy")]
+    st.dataframe(pd.DataFrame(table).style.format("{:.1%}", subset=accuracies), hide_index=True,
+                 key="trained_table", column_config={"parameters": st.column_config.NumberColumn(format="localized")})
     left, right = st.columns([3, 2], gap="large")
     with left:
         st.plotly_chart(shift_comparison(SHIFTS, {cnn.name: cnn.shifted, mlp.name: mlp.shifted}),

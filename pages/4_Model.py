@@ -37,6 +37,13 @@ def count_text(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def setting_text(name: str, value) -> str:
+    """One training setting of a card as words, e.g. ``batch size 64`` (a train size of None means every digit)."""
+    if name == "train_size" and value is None:
+        value = "all"
+    return f"{name.replace('_', ' ')} {value}"
+
+
 def enlarged(image: np.ndarray, factor: int = 3) -> np.ndarray:
     """A uint8 digit scaled up with square pixels, so it stays sharp."""
     return np.kron(image, np.ones((factor, factor), dtype=np.uint8))
@@ -67,7 +74,7 @@ c3.metric("Epochs", str(card["epochs"]) if "epochs" in card else "–",
 details = {
     "Training command": f"`{card['command']}`" if "command" in card else NOT_RECORDED,
     "Seed": str(card.get("seed", NOT_RECORDED)),
-    "Training settings": (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in card["training"].items())
+    "Training settings": (", ".join(setting_text(k, v) for k, v in card["training"].items())
                           if isinstance(card.get("training"), dict) else NOT_RECORDED),
     "Training data": (f"{count_text(data['train_examples'])} digits from `{data['train']}`"
                       if "train" in data and "train_examples" in data else NOT_RECORDED),

@@ -93,7 +93,7 @@ def single_channel_filters(name: str, layer: nn.Conv2d, filter_key: str) -> int:
                                                  clickable=True),
                         key=chart_key, config=PLOT_CONFIG, selection_mode="points",
                         on_select=lambda: pick_kernel(chart_key, filter_key, tuple(kernels.shape)))
-        st.caption("Each filter on its own colour scale: blue negative, white zero, red positive.")
+        st.caption("One colour scale for all the filters: blue negative, white zero, red positive.")
     return chosen
 
 

@@ -55,18 +55,19 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 def architecture_table(rows: list[LayerRow], key: str) -> None:
     """The layer table of a model, with the output-size formula worked out on each window layer."""
+    # No "#" column and tight widths: at laptop width the main column holds about 820 px, and the
+    # details and the worked formula are what must not be cut off.
     st.dataframe(
-        [{"#": r.index, "name": r.name, "type": r.kind, "details": r.details,
+        [{"name": r.name, "type": r.kind, "details": r.details,
           "output shape": shape_text(r.output_shape), "parameters": r.parameters,
           "output size": r.size.formula() if r.size is not None else ""} for r in rows],
-        hide_index=True, key=key, height=35 * (len(rows) + 1) + 3,
-        column_config={"#": st.column_config.NumberColumn(width=40),
-                       "name": st.column_config.TextColumn(width=70),
-                       "type": st.column_config.TextColumn(width=90),
-                       "details": st.column_config.TextColumn(width=190),
-                       "output shape": st.column_config.TextColumn(width=95),
-                       "parameters": st.column_config.NumberColumn(width=80, format="localized"),
-                       "output size": st.column_config.TextColumn(width=380)},
+        hide_index=True, key=key, height="content",  # every row visible: no scrolling inside the table
+        column_config={"name": st.column_config.TextColumn(width=62),
+                       "type": st.column_config.TextColumn(width=84),
+                       "details": st.column_config.TextColumn(width=238),
+                       "output shape": st.column_config.TextColumn(width=92),
+                       "parameters": st.column_config.NumberColumn(width=78, format="localized"),
+                       "output size": st.column_config.TextColumn(width=270)},
     )
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,6 +218,58 @@ def wait_for_script_idle(page, timeout_ms: int = TIMEOUT_MS) -> None:
         }""",
         timeout=timeout_ms,
     )
+
+
+class ScriptRuns:
+    """Counts the script runs that the server reports finished to one page, over its websocket.
+
+    Reading the server's own messages cannot miss a run, unlike watching the page's
+    "running" marker, which a busy browser may skip when a run is short.
+    """
+
+    def __init__(self, page) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self._parse = ForwardMsg.FromString
+        self.finished = 0
+        page.on("websocket", self._attach)
+
+    def _attach(self, ws) -> None:
+        if "/_stcore/stream" in ws.url:
+            ws.on("framereceived", self._on_frame)
+
+    def _on_frame(self, payload) -> None:
+        if isinstance(payload, str):
+            return
+        try:
+            msg = self._parse(payload)
+        except Exception:  # noqa: BLE001 - not a ForwardMsg: nothing to count
+            return
+        if msg.WhichOneof("type") == "script_finished":
+            self.finished += 1
+
+
+_RUNS: dict[int, ScriptRuns] = {}
+
+
+def follow_script_runs(page) -> ScriptRuns:
+    """Start counting the page's finished script runs; call before the page's first goto."""
+    _RUNS[id(page)] = ScriptRuns(page)
+    return _RUNS[id(page)]
+
+
+@contextmanager
+def script_rerun(page, timeout_ms: int = TIMEOUT_MS):
+    """Run the body (a click, a stroke, a navigation...) and wait until the rerun it caused is over."""
+    runs = _RUNS[id(page)]
+    before = runs.finished
+    yield
+    deadline = time.monotonic() + timeout_ms / 1000
+    while runs.finished <= before:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no script run finished within {timeout_ms / 1000:.0f} s of the action")
+        page.wait_for_timeout(50)  # lets Playwright deliver the websocket frames meanwhile
+    wait_for_script_idle(page, timeout_ms)  # a further rerun may have been queued meanwhile
 
 
 def error_texts(page) -> list[str]:

@@ -19,7 +19,6 @@ import gzip
 import io
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +31,14 @@ from browser import (
     TIMEOUT_MS,
     VIEWPORT,
     assert_no_errors,
-    chromium_path,
+    follow_script_runs,
+    script_rerun,
     discover_pages,
-    launch_chromium,
-    start_streamlit,
     wait_for_script_idle,
 )
 
 try:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # noqa: F401  (skip the module without playwright)
 except ImportError:
     if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
         raise
@@ -80,23 +78,6 @@ def screenshot_dir() -> Path:
     return SCREENSHOT_DIR
 
 
-@pytest.fixture(scope="session")
-def app_server():
-    chromium_path()  # skip (or fail in CI) before paying for a server when there is no browser
-    server = start_streamlit("app.py")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    chromium_path()
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(request, browser, app_server, screenshot_dir):
     """A fresh tab (its own cookies, so its own Streamlit session) at laptop size.
@@ -106,6 +87,7 @@ def page(request, browser, app_server, screenshot_dir):
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(TIMEOUT_MS)
     pg = context.new_page()
+    follow_script_runs(pg)
     failed_before = request.session.testsfailed
     yield pg
     if request.session.testsfailed > failed_before:  # the call phase is reported before teardown
@@ -145,35 +127,6 @@ def open_home(page, server) -> None:
     page.goto(server.url)
     wait_for_script_idle(page)
     page.locator(CANVAS_INPUT).wait_for(state="visible")
-
-
-_RUN_COUNTER_JS = """() => {
-    if (window.__scriptRunsFinished === undefined) {
-        window.__scriptRunsFinished = 0;
-        new MutationObserver(mutations => {
-            for (const m of mutations) {
-                const state = m.target.getAttribute('data-test-script-state');
-                if (state !== m.oldValue && (state === 'notRunning' || state === 'compilationError'))
-                    window.__scriptRunsFinished++;
-            }
-        }).observe(document.documentElement, {subtree: true, attributes: true,
-                   attributeFilter: ['data-test-script-state'], attributeOldValue: true});
-    }
-    return window.__scriptRunsFinished;
-}"""
-
-
-@contextmanager
-def script_rerun(page, timeout_ms: int = TIMEOUT_MS):
-    """Run the body (a click, a stroke, a navigation...) and wait until the rerun it caused is over.
-
-    A counter of finished runs is started before the action, so a fast rerun cannot be missed
-    and a stale "notRunning" from the previous run cannot be mistaken for this one's end.
-    """
-    before = page.evaluate(_RUN_COUNTER_JS)
-    yield
-    page.wait_for_function("n => window.__scriptRunsFinished > n", arg=before, timeout=timeout_ms)
-    wait_for_script_idle(page, timeout_ms)  # a further rerun may have been queued meanwhile
 
 
 def wait_for_rendering(page) -> None:

@@ -15,34 +15,16 @@ import re
 
 import pytest
 
-from browser import (SCREENSHOT_DIR, TIMEOUT_MS, VIEWPORT, assert_no_errors, chromium_path, launch_chromium,
-                     start_streamlit, wait_for_script_idle)
+from browser import (SCREENSHOT_DIR, TIMEOUT_MS, VIEWPORT, assert_no_errors, wait_for_script_idle)
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:
     if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
         raise
     pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 MAP = ".st-key-rf_map"  # the element container of the chart with key "rf_map"
-
-
-@pytest.fixture(scope="module")
-def app_server():
-    chromium_path()  # skip (or fail in CI) before paying for a server when there is no browser
-    server = start_streamlit("app.py")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium_path()
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

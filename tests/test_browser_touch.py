@@ -26,14 +26,13 @@ from browser import (
     SCREENSHOT_DIR,
     TIMEOUT_MS,
     assert_no_errors,
-    chromium_path,
-    launch_chromium,
-    start_streamlit,
+    follow_script_runs,
+    script_rerun,
     wait_for_script_idle,
 )
 
 try:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # noqa: F401  (skip the module without playwright)
 except ImportError:
     if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
         raise
@@ -45,39 +44,15 @@ CANVAS_DRAWING = "canvas.dc-canvas.lower-canvas"  # the strokes, on a transparen
 REAL_MODEL_ACCURACY = 0.99  # below this the shipped weights are the placeholder: do not expect the right digit
 ONE = [(0.5, 0.15 + 0.70 * i / 30) for i in range(31)]  # a vertical line, top to bottom, in canvas fractions
 
-_RUN_COUNTER_JS = """() => {
-    if (window.__touchRunsFinished === undefined) {
-        window.__touchRunsFinished = 0;
-        new MutationObserver(mutations => {
-            for (const m of mutations) {
-                const state = m.target.getAttribute('data-test-script-state');
-                if (state !== m.oldValue && (state === 'notRunning' || state === 'compilationError'))
-                    window.__touchRunsFinished++;
-            }
-        }).observe(document.documentElement, {subtree: true, attributes: true,
-                   attributeFilter: ['data-test-script-state'], attributeOldValue: true});
-    }
-    return window.__touchRunsFinished;
-}"""
-
-
-@pytest.fixture(scope="module")
-def server():
-    chromium_path()  # skip (or fail when required) before paying for a server when there is no browser
-    s = start_streamlit("app.py")
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def phone(server):
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        context = browser.new_context(**PHONE)
-        context.set_default_timeout(TIMEOUT_MS)
-        yield context.new_page()
-        context.close()
-        browser.close()
+@pytest.fixture
+def phone(browser, app_server):
+    """A tab of a phone-sized, touch-screen browser."""
+    context = browser.new_context(**PHONE)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    follow_script_runs(page)
+    yield page
+    context.close()
 
 
 def real_model_ships() -> bool:
@@ -120,21 +95,19 @@ def shown_prediction(page) -> str:
     return value.inner_text().strip()
 
 
-def test_a_finger_drawn_one_is_predicted(phone, server):
+def test_a_finger_drawn_one_is_predicted(phone, app_server):
     from cnn_core.checkpoint import load_checkpoint
     from cnn_core.introspect import trace
     from cnn_core.preprocess import preprocess
 
     page = phone
-    page.goto(server.url)
+    page.goto(app_server.url)
     wait_for_script_idle(page)
     page.locator(CANVAS_INPUT).wait_for(state="visible")
     assert page.evaluate("() => navigator.maxTouchPoints") > 0, "the browser does not emulate a touch screen"
 
-    before = page.evaluate(_RUN_COUNTER_JS)
-    touch_stroke(page, ONE)
-    page.wait_for_function("n => window.__touchRunsFinished > n", arg=before, timeout=TIMEOUT_MS)
-    wait_for_script_idle(page)
+    with script_rerun(page):
+        touch_stroke(page, ONE)
 
     drawn = canvas_image(page)
     assert drawn[..., 3].max() > 0, "the touch stroke left no ink on the canvas"

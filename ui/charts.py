@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,14 @@ SECOND_COLOUR = "#72b7b2"
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "×".join(str(d) for d in shape)
+
+
+def accuracy_floor(values: Sequence[float]) -> float:
+    """Where an accuracy axis starts: 10 points (rounded down to a tenth) below the lowest value, at least 0.
+
+    Good networks sit between 90% and 100%: on a 0-100% axis their curves would be flat lines at the top.
+    """
+    return max(0.0, math.floor((min(values, default=0.0) - 0.1) * 10) / 10)
 
 
 def shape_flow(rows: Sequence[LayerRow], height: int = 320) -> go.Figure:
@@ -100,13 +109,17 @@ def confusion_heatmap(confusion, height: int = 440) -> go.Figure:
 def per_class_bars(per_class: Sequence[float], height: int = 300) -> go.Figure:
     """Accuracy of each digit class as bars, zoomed to where the bars differ."""
     values = [float(v) for v in per_class]
-    low = min(values, default=0.0)
+    low = max(0.0, min(values, default=0.0) - 0.05)
+    # Ticks only up to 100%: the axis goes a little higher to leave room for the labels above the bars.
+    step = next(s for s in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25) if (1.0 - low) / s <= 5)
+    ticks = [round(1.0 - k * step, 4) for k in range(int((1.0 - low) / step + 1e-9) + 1)]
     fig = go.Figure(go.Bar(x=[str(d) for d in range(len(values))], y=values, marker_color=CNN_COLOUR,
                            text=[f"{v:.1%}" for v in values], textposition="outside", cliponaxis=False,
                            hovertemplate="digit %{x}: %{y:.2%}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), dragmode=False,
                       # Start the axis a little below the weakest class: a 0-100% axis hides the differences.
-                      yaxis=dict(tickformat=".0%", range=[max(0.0, low - 0.05), 1.03], fixedrange=True),
+                      yaxis=dict(tickformat=".0%", range=[low, 1.0 + 0.06 * (1.0 - low)], tickvals=ticks,
+                                 fixedrange=True),
                       xaxis=dict(title="true digit", type="category", fixedrange=True))
     return fig
 
@@ -119,6 +132,7 @@ def shift_comparison(shifts: Sequence[int], curves: Mapping[str, Sequence[float]
                                  line=dict(color=colour), hovertemplate="shift %{x} px: %{y:.1%}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
                       xaxis=dict(title="shift to the right (px)", dtick=1),
-                      yaxis=dict(title="test accuracy", tickformat=".0%", range=[0, 1.02]),
+                      yaxis=dict(title="test accuracy", tickformat=".0%",
+                                 range=[accuracy_floor([v for acc in curves.values() for v in acc]), 1.02]),
                       legend=dict(orientation="h", y=-0.25))
     return fig

@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from cnn_core.architecture import Region
+from ui.charts import accuracy_floor
 from ui.figures import DIVERGING, PROB_COLOUR, TOP_COLOUR, mosaic
 
 WINDOW_COLOUR = TOP_COLOUR
@@ -323,6 +324,7 @@ def accuracy_curve(shifts: Sequence[int], horizontal: Sequence[float], vertical:
                                  line=dict(color=colour), hovertemplate="shift %{x:+d} px: %{y:.1%}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10), title=title or None,
                       xaxis=dict(title="shift (pixels)", dtick=1, fixedrange=True),
-                      yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%", fixedrange=True),
+                      yaxis=dict(title="accuracy", range=[accuracy_floor([*horizontal, *vertical]), 1.02],
+                                 tickformat=".0%", fixedrange=True),
                       legend=dict(orientation="h", y=-0.3), dragmode=False)
     return fig

@@ -218,7 +218,8 @@ def vector_strip(values, title: str = "", colorscale: str = "Viridis", height: i
     # unit for unit whatever the colour bar's labels.
     fig = go.Figure(go.Heatmap(z=v, colorscale=colorscale, zmid=zmid, zmin=zmin, zmax=zmax,
                                showscale=showscale, colorbar=dict(thickness=10, x=STRIP_WIDTH + 0.01,
-                                                                  xanchor="left"),
+                                                                  xanchor="left",
+                                                                  nticks=3),  # a short bar: few labels
                                hovertemplate="unit %{x}: %{z:.3f}<extra></extra>"))
     if highlight is not None:
         fig.add_vrect(x0=highlight[0] - 0.5, x1=highlight[1] - 0.5, line=dict(color=TOP_COLOUR, width=2))
