@@ -97,9 +97,10 @@ st.title("Compare")
 digit = digit_or_sample_picker()
 loaded = get_model()
 model_id = selected_model_id()
+model_name = model_label(model_id)  # as the sidebar names it
 samples = get_samples()
 st.write(
-    f"Set two inputs side by side in **{loaded.name}** (the network picked in the sidebar) and see in which layers "
+    f"Set two inputs side by side in **{model_name}** (the network picked in the sidebar) and see in which layers "
     "they part ways; or give one input to two networks and compare their answers."
 )
 
@@ -132,7 +133,7 @@ channel = min(int(channel), channels - 1)
 answer_col.markdown(f"**A** reads **{tr_a.prediction}** ({tr_a.confidence:.0%}) · "
                     f"**B** reads **{tr_b.prediction}** ({tr_b.confidence:.0%})")
 if len(layers) == 1:
-    st.info(f"{loaded.name} has no convolution, so its only maps are the inputs themselves. The bar chart "
+    st.info(f"{model_name} has no convolution, so its only maps are the inputs themselves. The bar chart "
             "below still compares every layer.")
 
 a, b = maps_a[channel], maps_b[channel]
@@ -195,7 +196,7 @@ npz_col, png_col = st.columns(2)
 with npz_col:
     st.download_button("Activations of A (.npz)", data=lambda: trace_to_npz(tr_a), file_name=f"trace_{digit_a.key}.npz",
                        mime="application/octet-stream", key="compare_trace_npz", on_click="ignore")
-    st.caption(f"Every layer's output for input A through {loaded.name}, keyed by layer name "
+    st.caption(f"Every layer's output for input A through {model_name}, keyed by layer name "
                f"({', '.join(['input'] + tr_a.names() + ['probabilities'])}): `numpy.load` opens it.")
 with png_col:
     png = grid_png(model_id, digit_a.key, layer, maps_a)

@@ -8,7 +8,7 @@ from cnn_core.convolution import (ConvGeometry, ConvStep, conv_layer, conv_layer
                                   geometry, index_of, layer_input, pad_input, position_at, top_channels)
 from cnn_core.data import MNIST_MEAN, MNIST_STD
 from ui import explain_figures as xf
-from ui.state import digit_or_sample_picker, get_model, get_trace
+from ui.state import digit_or_sample_picker, get_model, get_trace, model_label, selected_model_id
 
 st.set_page_config(page_title="Convolution · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -194,8 +194,8 @@ model = loaded.model
 tr = get_trace(digit)
 names = conv_layer_names(model)
 if not names:
-    st.info(f"The model picked in the sidebar ({loaded.name}) has no convolution layers, so there is no "
-            "sliding window to show. Pick a CNN in the sidebar's Model box.")
+    st.info(f"The model picked in the sidebar ({model_label(selected_model_id())}) has no convolution layers, "
+            "so there is no sliding window to show. Pick a CNN in the sidebar's Model box.")
     st.stop()
 
 st.write(

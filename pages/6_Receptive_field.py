@@ -7,7 +7,7 @@ import streamlit as st
 from cnn_core.architecture import LayerRow, Region, layer_table, receptive_field
 from cnn_core.explain import cells_in_padding, linear_weight_map, receptive_chain
 from ui import explain_figures as xf
-from ui.state import digit_or_sample_picker, get_model, get_trace
+from ui.state import digit_or_sample_picker, get_model, get_trace, model_label, selected_model_id
 
 st.set_page_config(page_title="Receptive field · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -157,7 +157,7 @@ tr = get_trace(digit)
 rows = pickable_layers(layer_table(model))
 by_name = {r.name: r for r in rows}
 if not rows:
-    st.info(f"The model picked in the sidebar ({loaded.name}) has no layer to pick a unit from.")
+    st.info(f"The model picked in the sidebar ({model_label(selected_model_id())}) has no layer to pick a unit from.")
     st.stop()
 
 st.write(

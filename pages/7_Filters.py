@@ -16,7 +16,8 @@ from cnn_core.explain import TopActivations, top_activating
 from cnn_core.samples import data_dir
 from ui import explain_figures as xf
 from ui import figures
-from ui.state import digit_or_sample_picker, get_model, get_samples, get_trace
+from ui.state import (digit_or_sample_picker, get_model, get_samples, get_trace, model_label,
+                      selected_model_id)
 
 st.set_page_config(page_title="Filters · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -158,8 +159,8 @@ model = loaded.model
 tr = get_trace(digit)
 names = conv_layer_names(model)
 if not names:
-    st.info(f"The model picked in the sidebar ({loaded.name}) has no convolution layers, so it has no filters "
-            "to show. Pick a CNN in the sidebar's Model box.")
+    st.info(f"The model picked in the sidebar ({model_label(selected_model_id())}) has no convolution layers, "
+            "so it has no filters to show. Pick a CNN in the sidebar's Model box.")
     st.stop()
 
 st.write(

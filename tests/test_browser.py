@@ -38,7 +38,7 @@ from browser import (
 )
 
 try:
-    from playwright.sync_api import sync_playwright  # noqa: F401  (skip the module without playwright)
+    from playwright.sync_api import expect
 except ImportError:
     if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
         raise
@@ -281,7 +281,8 @@ def test_uploaded_digit_is_predicted(page, app_server, screenshot_dir, predict, 
     error.first.wait_for(state="visible")
     assert "not_a_digit.png" in error.first.inner_text()
     assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
-    assert prediction_metric(page).count() == 0, "the previous upload's prediction is still shown"
+    # The previous run's elements are removed once the browser has processed the end of this run: wait for it.
+    expect(prediction_metric(page)).to_have_count(0, timeout=TIMEOUT_MS)
 
 
 def test_every_page_renders(page, app_server, screenshot_dir):
