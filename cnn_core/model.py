@@ -138,8 +138,8 @@ def build_model(config: ModelConfig = CNNConfig()) -> nn.Sequential:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters (weights and biases) of ``model``, frozen or not."""
+    return sum(p.numel() for p in model.parameters())
 
 
 @dataclass

@@ -239,7 +239,9 @@ def test_ctrl_c_in_a_real_training_process(tmp_path, good_weights):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err[-2000:]
+    # 130 is main()'s answer; on a loaded machine the interpreter has also been seen to end by the
+    # signal itself (-SIGINT) after main() handled it. Either way it stopped as interrupted, and:
+    assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
     assert "interrupted: nothing written" in err
     assert "Traceback" not in err
     assert_untouched(good_weights)
