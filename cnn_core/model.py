@@ -8,10 +8,9 @@ the model, in order, with the names of the table (``conv1``, ``relu1``, ...).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
 INPUT_SHAPE: tuple[int, int, int] = (1, 28, 28)
@@ -140,21 +139,3 @@ def build_model(config: ModelConfig = CNNConfig()) -> nn.Sequential:
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (weights and biases) of ``model``, frozen or not."""
     return sum(p.numel() for p in model.parameters())
-
-
-@dataclass
-class Prediction:
-    """The network's answer for one image."""
-
-    digit: int
-    confidence: float
-    probabilities: list[float] = field(default_factory=list)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor) -> Prediction:
-    """Classify one preprocessed image of shape (1, 28, 28) with an eval-mode model."""
-    logits = model(x.reshape(1, *INPUT_SHAPE))
-    probs = torch.softmax(logits, dim=1)[0]
-    digit = int(probs.argmax())
-    return Prediction(digit=digit, confidence=float(probs[digit]), probabilities=probs.tolist())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cnn_core.convolution import (ConvGeometry, ConvStep, conv_layer, conv_layer_names, conv_step, filled_map,
+from cnn_core.convolution import (ConvGeometry, ConvStep, conv_layer, conv_step, filled_map,
                                   geometry, index_of, layer_input, pad_input, position_at, top_channels)
 from cnn_core.data import MNIST_MEAN, MNIST_STD
 from ui import explain_figures as xf
-from ui.state import digit_or_sample_picker, get_model, get_trace, model_label, selected_model_id
+from ui.state import conv_layers_or_stop, digit_or_sample_picker, get_model, get_trace
 
 st.set_page_config(page_title="Convolution · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -192,11 +192,7 @@ digit = digit_or_sample_picker()
 loaded = get_model()
 model = loaded.model
 tr = get_trace(digit)
-names = conv_layer_names(model)
-if not names:
-    st.info(f"The model picked in the sidebar ({model_label(selected_model_id())}) has no convolution layers, "
-            "so there is no sliding window to show. Pick a CNN in the sidebar's Model box.")
-    st.stop()
+names = conv_layers_or_stop(model, "there is no sliding window to show")
 
 st.write(
     "Every number in a feature map is one small sum: lay the filter's weights over a window of the input, "

@@ -10,14 +10,13 @@ import torch
 from torch import nn
 
 from cnn_core.architecture import receptive_field
-from cnn_core.convolution import conv_layer, conv_layer_names
+from cnn_core.convolution import conv_layer
 from cnn_core.data import MnistDataError, load_mnist
 from cnn_core.explain import TopActivations, top_activating
 from cnn_core.samples import data_dir
 from ui import explain_figures as xf
 from ui import figures
-from ui.state import (digit_or_sample_picker, get_model, get_samples, get_trace, model_label,
-                      selected_model_id)
+from ui.state import conv_layers_or_stop, digit_or_sample_picker, get_model, get_samples, get_trace
 
 st.set_page_config(page_title="Filters · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -157,11 +156,7 @@ digit = digit_or_sample_picker()
 loaded = get_model()
 model = loaded.model
 tr = get_trace(digit)
-names = conv_layer_names(model)
-if not names:
-    st.info(f"The model picked in the sidebar ({model_label(selected_model_id())}) has no convolution layers, "
-            "so it has no filters to show. Pick a CNN in the sidebar's Model box.")
-    st.stop()
+names = conv_layers_or_stop(model, "it has no filters to show")
 
 st.write(
     "Nobody designed these filters: they started as random numbers and training adjusted them until the network "

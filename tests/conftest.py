@@ -36,6 +36,17 @@ def shipped():
     return load_checkpoint()
 
 
+@pytest.fixture
+def no_job_outlives_its_test():
+    """Cancel any training run a test leaves behind (a failed assertion must not leave a thread training)."""
+    yield
+    from cnn_core import jobs
+
+    for job in jobs.active_jobs():
+        job.cancel()
+        job.wait(60)
+
+
 # --- browser tests: one app server and one chromium for the whole run --------------------------------
 
 

@@ -23,13 +23,7 @@ SMALL = TrainConfig(epochs=1, batch_size=32, train_size=300, augment=False)
 LONG = TrainConfig(epochs=3, batch_size=32, train_size=5000, augment=False)  # minutes: always cancelled
 
 
-@pytest.fixture(autouse=True)
-def no_job_outlives_its_test():
-    """Cancel any training run a test leaves behind (a failed assertion must not leave a thread training)."""
-    yield
-    for job in jobs.active_jobs():
-        job.cancel()
-        job.wait(60)
+pytestmark = pytest.mark.usefixtures("no_job_outlives_its_test")
 
 
 @pytest.fixture(scope="module")

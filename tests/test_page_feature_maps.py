@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from apptest_helpers import chart, decode
 
 from cnn_core.architecture import layer_table
 from cnn_core.introspect import dropout_mask, trace
@@ -33,22 +33,6 @@ def run_page(pixels: np.ndarray | None = None, source: str = "test digit") -> Ap
 
 def mnist_pixels(split, i: int) -> np.ndarray:
     return split.images[i].numpy().astype(np.float32) / 255
-
-
-def chart(at: AppTest, key: str):
-    """The figure (as plotly JSON) of the chart with user key ``key``."""
-    found = [c for c in at.get("plotly_chart") if c.key == key]
-    assert len(found) == 1, f"no single chart {key!r}: {[c.key for c in at.get('plotly_chart')]}"
-    return json.loads(found[0].proto.spec)
-
-
-def decode(values) -> np.ndarray:
-    """An array of a figure's JSON, whether plotly sent a list or a base64 typed array."""
-    if isinstance(values, dict):
-        flat = np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"]))
-        shape = [int(s) for s in str(values.get("shape", len(flat))).split(",")]
-        return flat.reshape(shape).astype(float)
-    return np.asarray(values, dtype=float)
 
 
 def heatmap_z(fig: dict) -> np.ndarray:

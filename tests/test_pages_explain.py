@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from pathlib import Path
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
+
+from apptest_helpers import chart, decode
 
 from cnn_core.architecture import receptive_field
 from cnn_core.checkpoint import LoadedModel
@@ -68,21 +69,6 @@ def metric_starting(at: AppTest, prefix: str):
     found = [m for m in at.metric if m.label.startswith(prefix)]
     assert len(found) == 1, f"no single metric starting {prefix!r}: {[m.label for m in at.metric]}"
     return found[0]
-
-
-def decode(values) -> np.ndarray:
-    """An array of a figure's JSON, whether plotly sent a list or a base64 typed array."""
-    if isinstance(values, dict):
-        flat = np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"]))
-        shape = [int(s) for s in str(values.get("shape", len(flat))).split(",")]
-        return flat.reshape(shape).astype(float)
-    return np.asarray(values, dtype=float)
-
-
-def chart(at: AppTest, key: str) -> dict:
-    found = [c for c in at.get("plotly_chart") if c.key == key]
-    assert len(found) == 1, f"no single chart {key!r}: {[c.key for c in at.get('plotly_chart')]}"
-    return json.loads(found[0].proto.spec)
 
 
 def assert_no_errors(at: AppTest) -> None:

@@ -5,7 +5,6 @@ Expected values come from cnn_core (layer_table, trace) on the same models the p
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
+
+from apptest_helpers import chart, decode
 
 from cnn_core import jobs
 from cnn_core.architecture import layer_table, total_parameters
@@ -40,13 +41,7 @@ VARIANT = CNNConfig(conv1_channels=16, conv2_channels=24, kernel_size=5, padding
                     hidden=128, hidden_relu=True)
 
 
-@pytest.fixture(autouse=True)
-def no_job_outlives_its_test():
-    """Cancel any training run a test leaves behind (a failed assertion must not leave a thread training)."""
-    yield
-    for job in jobs.active_jobs():
-        job.cancel()
-        job.wait(60)
+pytestmark = pytest.mark.usefixtures("no_job_outlives_its_test")
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -84,21 +79,6 @@ def random_model(config, name: str, seed: int = 0) -> LoadedModel:
 def own(loaded: LoadedModel) -> tuple[str, dict[str, LoadedModel]]:
     model_id = "own:" + loaded.card["sha256"]
     return model_id, {model_id: loaded}
-
-
-def decode(values) -> np.ndarray:
-    """An array of a figure's JSON, whether plotly sent a list or a base64 typed array."""
-    if isinstance(values, dict):
-        flat = np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"]))
-        shape = [int(s) for s in str(values.get("shape", len(flat))).split(",")]
-        return flat.reshape(shape).astype(float)
-    return np.asarray(values, dtype=float)
-
-
-def chart(at: AppTest, key: str) -> dict:
-    found = [c for c in at.get("plotly_chart") if c.key == key]
-    assert len(found) == 1, f"no single chart {key!r}: {[c.key for c in at.get('plotly_chart')]}"
-    return json.loads(found[0].proto.spec)
 
 
 def table(at: AppTest, index: int):

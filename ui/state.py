@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
+from cnn_core.convolution import conv_layer_names
 from cnn_core.checkpoint import SHIPPED_MLP_WEIGHTS, SHIPPED_WEIGHTS, LoadedModel, WeightsError, load_checkpoint
 from cnn_core.export import trace_to_npz
 from cnn_core.introspect import Trace, trace
@@ -147,6 +148,16 @@ def model_label(model_id: str) -> str:
     accuracy = (loaded.card.get("metrics") or {}).get("test_accuracy")
     origin = "uploaded" if loaded.card.get("origin") == "uploaded" else "yours"
     return f"{loaded.name} ({origin}" + (f", {accuracy:.1%})" if isinstance(accuracy, (int, float)) else ")")
+
+
+def conv_layers_or_stop(model, missing: str) -> list[str]:
+    """The model's convolution layers; when it has none, say so (``missing``: what the page cannot show) and stop."""
+    names = conv_layer_names(model)
+    if not names:
+        st.info(f"The model picked in the sidebar ({model_label(selected_model_id())}) has no convolution layers, "
+                f"so {missing}. Pick a CNN in the sidebar's Model box.")
+        st.stop()
+    return names
 
 
 def get_model_by_id(model_id: str) -> LoadedModel:
