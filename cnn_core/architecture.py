@@ -6,6 +6,7 @@ it holds for the shipped network and for any variant of it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -50,8 +51,13 @@ def output_size(size_in: int, kernel: int, padding: int = 0, stride: int = 1) ->
     return OutputSize(size_in, kernel, padding, stride)
 
 
-def _pair(v: int | tuple[int, ...]) -> int:
-    return v[0] if isinstance(v, tuple) else int(v)
+def _pair(v: object) -> int:
+    """The first of a (height, width) pair, or the value itself (string paddings such as 'same' are not used)."""
+    if isinstance(v, tuple):
+        return int(v[0])
+    if isinstance(v, int):
+        return v
+    raise ValueError(f"unsupported window setting {v!r}")
 
 
 def window_of(layer: nn.Module) -> tuple[int, int, int] | None:
@@ -64,11 +70,12 @@ def window_of(layer: nn.Module) -> tuple[int, int, int] | None:
 
 def describe(layer: nn.Module) -> str:
     """A short human description of a layer's settings."""
-    if isinstance(layer, nn.Conv2d):
-        k, s, p = window_of(layer)
+    window = window_of(layer)
+    if isinstance(layer, nn.Conv2d) and window is not None:
+        k, s, p = window
         return f"{layer.in_channels}->{layer.out_channels}, kernel {k}, stride {s}, padding {p}"
-    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-        k, s, _ = window_of(layer)
+    if window is not None:
+        k, s, _ = window
         return f"kernel {k}, stride {s}"
     if isinstance(layer, nn.Flatten):
         return f"start_dim {layer.start_dim}"
@@ -98,16 +105,14 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int] = INPUT_SHAP
     shape: tuple[int, ...] = input_shape
     for i, (name, layer) in enumerate(model.named_children(), start=1):
         size = None
-        if window_of(layer) is not None:
-            k, s, p = window_of(layer)
+        window = window_of(layer)
+        if window is not None:
+            k, s, p = window
             size = output_size(shape[-1], k, p, s)
             channels = layer.out_channels if isinstance(layer, nn.Conv2d) else shape[0]
             shape = (channels, size.size, size.size)
         elif isinstance(layer, nn.Flatten):
-            n = 1
-            for d in shape:
-                n *= d
-            shape = (n,)
+            shape = (math.prod(shape),)
         elif isinstance(layer, nn.Linear):
             shape = (layer.out_features,)
         params = sum(p.numel() for p in layer.parameters())
@@ -142,25 +147,31 @@ class Region:
         return Region(max(self.top, 0), min(self.bottom, height - 1), max(self.left, 0), min(self.right, width - 1))
 
 
+def window_back(region: Region, window: tuple[int, int, int]) -> Region:
+    """The input rows and columns a window layer reads for the output ``region``.
+
+    A window of kernel k, stride s and padding p maps output rows [a, b] to input rows
+    [a*s - p, b*s - p + k - 1] (the same for columns); negative or too large values lie in the padding.
+    """
+    k, s, p = window
+    return Region(region.top * s - p, region.bottom * s - p + k - 1, region.left * s - p, region.right * s - p + k - 1)
+
+
 def receptive_field(model: nn.Module, layer_name: str, row: int = 0, col: int = 0) -> Region:
     """The input region that unit (row, col) of ``layer_name`` can see, before clipping to the image.
 
-    Walks back from the layer to the input: a window of kernel k, stride s and
-    padding p maps output rows [a, b] to input rows [a*s - p, b*s - p + k - 1].
-    Any unit after Flatten sees the whole image.
+    Walks back from the layer to the input with :func:`window_back` through every convolution
+    and pooling layer; any unit after Flatten sees the whole image.
     """
     names = [n for n, _ in model.named_children()]
     if layer_name not in names:
         raise KeyError(f"no layer named {layer_name!r}")
     layers = list(model.named_children())[: names.index(layer_name) + 1]
-    if any(isinstance(l, (nn.Flatten, nn.Linear)) for _, l in layers):
+    if any(isinstance(layer, (nn.Flatten, nn.Linear)) for _, layer in layers):
         return Region(0, INPUT_SHAPE[1] - 1, 0, INPUT_SHAPE[2] - 1)
-    top, bottom, left, right = row, row, col, col
+    region = Region(row, row, col, col)
     for _, layer in reversed(layers):
-        w = window_of(layer)
-        if w is None:
-            continue  # ReLU and friends keep positions
-        k, s, p = w
-        top, bottom = top * s - p, bottom * s - p + k - 1
-        left, right = left * s - p, right * s - p + k - 1
-    return Region(top, bottom, left, right)
+        window = window_of(layer)
+        if window is not None:  # ReLU and friends keep positions
+            region = window_back(region, window)
+    return region

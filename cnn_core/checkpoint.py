@@ -14,16 +14,16 @@ import json
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .model import ModelConfig, build_model, config_from_dict
+from .paths import MODELS_DIR
 
 MAX_WEIGHTS_BYTES = 64 * 1024 * 1024
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SHIPPED_WEIGHTS = MODELS_DIR / "mnist_cnn.pt"
 SHIPPED_MLP_WEIGHTS = MODELS_DIR / "mnist_mlp.pt"
 
@@ -34,15 +34,34 @@ class WeightsError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """An eval-mode model with its card."""
+    """An eval-mode model with its card, and its identity.
+
+    ``identity`` names everything that determines the model's outputs (the architecture and every
+    weight), so caches shared between sessions key on it: two models with the same weights file but
+    different architectures in their cards can never share a cached result.
+    """
 
     model: nn.Sequential
     config: ModelConfig
     card: dict
+    identity: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identity = model_identity(self.config, self.model)
 
     @property
     def name(self) -> str:
         return str(self.card.get("name", "model"))
+
+
+def model_identity(config: ModelConfig, model: nn.Module) -> str:
+    """A sha256 of the canonical architecture and of every tensor of the state_dict (names, dtypes, shapes, values)."""
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":")).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -130,7 +149,7 @@ def _refuse_compressed_archive(weights: bytes, where: str) -> None:
         return  # not a zip: torch.load's legacy format checks sizes before allocating
     try:
         entries = zipfile.ZipFile(io.BytesIO(weights)).infolist()
-    except Exception as e:  # noqa: BLE001 - damaged archives also raise NotImplementedError, struct.error...
+    except Exception as e:
         raise WeightsError(f"{where} is not a plain PyTorch state_dict and was refused: {e}") from e
     if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
         raise WeightsError(f"{where} holds compressed data, which torch.save never writes, and was refused")
@@ -162,7 +181,7 @@ def load_checkpoint_bytes(weights: bytes, card_bytes: bytes, where: str = "weigh
     _refuse_compressed_archive(weights, where)
     try:
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - damaged pickles also raise KeyError, IndexError, TypeError...
+    except Exception as e:
         raise WeightsError(f"{where} is not a plain PyTorch state_dict and was refused: {e}") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{where} is not a state_dict (a mapping of names to tensors)")

@@ -8,10 +8,12 @@ and ``test-5k-images-idx3-ubyte.gz``; files may be gzipped or not.
 from __future__ import annotations
 
 import gzip
+import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal, cast
 
 import numpy as np
 import torch
@@ -42,37 +44,82 @@ class MnistSplit:
         return int(self.labels.shape[0])
 
 
-def _read_bytes(path: Path) -> bytes:
+MAX_IDX_BYTES = 256 * 1024 * 1024  # the full official training images are 47 MB; refuse absurd headers
+
+
+@dataclass(frozen=True)
+class IdxHeader:
+    """What an IDX file's header declares: its magic number and its dimensions."""
+
+    magic: int
+    dims: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of data the header promises after itself."""
+        return math.prod(self.dims)
+
+    @property
+    def length(self) -> int:
+        """Bytes of the header itself."""
+        return 4 + 4 * len(self.dims)
+
+
+def _open(path: Path) -> IO[bytes]:
+    """The file's bytes as a stream, inflated on the fly when it is gzipped."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        return cast(IO[bytes], gzip.open(path, "rb")) if path.suffix == ".gz" else path.open("rb")
+    except OSError as e:
         raise MnistDataError(f"cannot read {path}: {e}") from e
 
 
-def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
-    """Read an IDX file (gzipped or not) of unsigned bytes, checking its magic number and size."""
+def _read_exactly(stream: IO[bytes], n: int, path: Path) -> bytes:
+    # A damaged gzip stream raises zlib.error, BadGzipFile (an OSError) or EOFError part-way through.
+    try:
+        return stream.read(n)
+    except (OSError, EOFError, zlib.error) as e:
+        raise MnistDataError(f"cannot read {path}: the file is damaged ({e})") from e
+
+
+def read_idx_header(path: str | Path, expected_magic: int) -> IdxHeader:
+    """Read and check only the header of an IDX file: nothing else is inflated or read."""
     path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 8:
+    with _open(path) as f:
+        head = _read_exactly(f, 4, path)
+        if len(head) < 4:
+            raise MnistDataError(f"{path} is too short to be an IDX file")
+        magic = int.from_bytes(head, "big")
+        if magic != expected_magic:
+            raise MnistDataError(
+                f"{path} has IDX magic number {magic}, expected {expected_magic} "
+                f"({'images' if expected_magic == IMAGES_MAGIC else 'labels'})"
+            )
+        ndim = head[3]
+        raw_dims = _read_exactly(f, 4 * ndim, path)
+    if len(raw_dims) < 4 * ndim:
         raise MnistDataError(f"{path} is too short to be an IDX file")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != expected_magic:
-        raise MnistDataError(
-            f"{path} has IDX magic number {magic}, expected {expected_magic} "
-            f"({'images' if expected_magic == IMAGES_MAGIC else 'labels'})"
-        )
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        raise MnistDataError(
-            f"{path} declares shape {tuple(dims)} ({expected} bytes) but holds {len(raw) - header}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    header = IdxHeader(magic, tuple(int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim)))
+    if header.size > MAX_IDX_BYTES:
+        raise MnistDataError(f"{path} declares shape {header.dims} ({header.size:,} bytes); "
+                             f"the limit is {MAX_IDX_BYTES:,} bytes")
+    return header
+
+
+def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
+    """Read an IDX file (gzipped or not) of unsigned bytes, checking its magic number and size.
+
+    The header is checked first and at most the bytes it declares (plus one, to notice extra data)
+    are inflated, so a small file that declares a huge shape is refused before any large allocation.
+    """
+    path = Path(path)
+    header = read_idx_header(path, expected_magic)
+    with _open(path) as f:
+        _read_exactly(f, header.length, path)
+        data = _read_exactly(f, header.size + 1, path)
+    if len(data) != header.size:
+        found = f"{len(data):,}" if len(data) <= header.size else "more"
+        raise MnistDataError(f"{path} declares shape {header.dims} ({header.size:,} bytes) but holds {found}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(header.dims)
 
 
 _SPLIT_PREFIX = {"train": ("train",), "test": ("test", "t10k")}
@@ -101,14 +148,17 @@ def find_idx_files(folder: str | Path, split: Split) -> tuple[Path, Path]:
 def load_mnist(folder: str | Path, split: Split = "train") -> MnistSplit:
     """Load one split of MNIST from a folder of IDX files."""
     images_path, labels_path = find_idx_files(folder, split)
+    # Compare the headers before inflating anything: a file declaring a million images for ten
+    # thousand labels is refused in microseconds, not after gigabytes of decompression.
+    image_dims = read_idx_header(images_path, IMAGES_MAGIC).dims
+    label_dims = read_idx_header(labels_path, LABELS_MAGIC).dims
+    if len(image_dims) != 3 or image_dims[1:] != (28, 28):
+        raise MnistDataError(f"{images_path} holds images of shape {image_dims[1:]}, expected (28, 28)")
+    if len(label_dims) != 1 or label_dims[0] != image_dims[0]:
+        raise MnistDataError(f"{images_path.name} has {image_dims[0]} images but {labels_path.name} has "
+                             f"{label_dims[0] if len(label_dims) == 1 else label_dims} labels")
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise MnistDataError(f"{images_path} holds images of shape {images.shape[1:]}, expected (28, 28)")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise MnistDataError(
-            f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
-        )
     if labels.size and labels.max() > 9:
         raise MnistDataError(f"{labels_path} has labels outside 0-9")
     return MnistSplit(
@@ -116,6 +166,13 @@ def load_mnist(folder: str | Path, split: Split = "train") -> MnistSplit:
         labels=torch.from_numpy(labels.astype(np.int64)),
         source=str(images_path),
     )
+
+
+def load_bundled_test() -> MnistSplit:
+    """The 5,000 MNIST test digits that ship with the project (data/mnist): what every page measures on."""
+    from .paths import BUNDLED_MNIST_DIR
+
+    return load_mnist(BUNDLED_MNIST_DIR, "test")
 
 
 def download_mnist(root: str | Path, split: Split = "train") -> MnistSplit:

@@ -9,6 +9,7 @@ may have ``requires_grad=False``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,31 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architecture import Region, layer_table, window_of
+from .architecture import Region, layer_table, window_back, window_of
 from .data import MNIST_MEAN, MNIST_STD, to_input
+from .introspect import forward_layers
 from .model import INPUT_SHAPE
 
 SaliencyMethod = Literal["integrated_gradients", "gradient_x_input"]
 
 
 # --------------------------------------------------------------------------- forward passes
-
-
-def forward_layers(model: nn.Module, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
-    """Run a batch (N, 1, 28, 28) through the model's layers in order, up to and including ``until``.
-
-    Dropout is skipped (inference behaviour whatever the model's mode); ``until=None`` runs them all.
-    """
-    names = [n for n, _ in model.named_children()]
-    if until is not None and until not in names:
-        raise KeyError(f"no layer named {until!r}; layers: {names}")
-    h = x
-    for name, layer in model.named_children():
-        if not isinstance(layer, nn.Dropout):
-            h = layer(h)
-        if name == until:
-            break
-    return h
 
 
 def as_network_input(images: torch.Tensor) -> torch.Tensor:
@@ -303,18 +288,21 @@ def receptive_chain(model: nn.Module, layer_name: str, row: int, col: int) -> li
     if len(rows[end].output_shape) != 3:
         raise ValueError(f"{layer_name} outputs a vector: each of its units sees the whole input")
     modules = dict(model.named_children())
-    top, bottom, left, right = row, row, col, col
-    chain = [Window(layer_name, Region(top, bottom, left, right), rows[end].output_shape[1:])]
+    region = Region(row, row, col, col)
+    chain = [Window(layer_name, region, _side(rows[end].output_shape))]
     for i in range(end, 0, -1):
-        w = window_of(modules[rows[i].name])
-        if w is None:
+        window = window_of(modules[rows[i].name])
+        if window is None:
             continue
-        k, s, p = w
-        top, bottom = top * s - p, bottom * s - p + k - 1
-        left, right = left * s - p, right * s - p + k - 1
+        region = window_back(region, window)
         below = rows[i - 1]
-        chain.append(Window(below.name, Region(top, bottom, left, right), below.output_shape[1:]))
+        chain.append(Window(below.name, region, _side(below.output_shape)))
     return chain
+
+
+def _side(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(height, width) of a (C, H, W) output shape."""
+    return int(shape[-2]), int(shape[-1])
 
 
 def cells_in_padding(region: Region, height: int = INPUT_SHAPE[1], width: int = INPUT_SHAPE[2]) -> int:
@@ -333,14 +321,7 @@ def linear_weight_map(model: nn.Module, layer_name: str, unit: int) -> torch.Ten
     i = names.index(layer_name)
     layer = dict(model.named_children())[layer_name]
     before = [r for r in rows[:i] if len(r.output_shape) == 3]
-    if not isinstance(layer, nn.Linear) or not before or layer.in_features != _numel(before[-1].output_shape):
+    if not isinstance(layer, nn.Linear) or not before or layer.in_features != math.prod(before[-1].output_shape):
         raise ValueError(f"{layer_name} is not a fully connected layer reading flattened feature maps")
     c, h, w = before[-1].output_shape
     return layer.weight[unit].detach().reshape(c, h, w).norm(dim=0)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -41,7 +41,7 @@ def trace_to_npz(trace: Trace) -> bytes:
         arrays[layer.name] = _numpy(layer.output)
     arrays["probabilities"] = _numpy(trace.probabilities)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
     return buf.getvalue()
 
 

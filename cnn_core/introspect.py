@@ -7,6 +7,7 @@ shared model at the same time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -52,10 +53,35 @@ class Trace:
         for layer in self.layers:
             if layer.name == name:
                 return layer.output
-        raise KeyError(f"no layer named {name!r}; layers: {[l.name for l in self.layers]}")
+        raise KeyError(f"no layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
 
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
+
+
+def inference_steps(model: nn.Module, x: torch.Tensor) -> Iterator[tuple[str, nn.Module, torch.Tensor]]:
+    """Run a batch through the model's layers in order, as at inference, yielding (name, layer, output) per layer.
+
+    Dropout is the identity here whatever mode the model is in, so outputs depend only on the
+    weights and the input. This is the one walk every trace, saliency map and measurement uses.
+    """
+    h = x
+    for name, layer in model.named_children():
+        if not isinstance(layer, nn.Dropout):
+            h = layer(h)
+        yield name, layer, h
+
+
+def forward_layers(model: nn.Module, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
+    """The output of layer ``until`` (of the last layer when None) for a batch, as at inference."""
+    names = [n for n, _ in model.named_children()]
+    if until is not None and until not in names:
+        raise KeyError(f"no layer named {until!r}; layers: {names}")
+    out = x
+    for name, _, out in inference_steps(model, x):  # noqa: B007 - the last output is the answer
+        if name == until:
+            break
+    return out
 
 
 def trace(model: nn.Module, image: torch.Tensor) -> Trace:
@@ -68,9 +94,7 @@ def trace(model: nn.Module, image: torch.Tensor) -> Trace:
     outputs: list[LayerOutput] = []
     with torch.inference_mode():
         h = x
-        for i, (name, layer) in enumerate(model.named_children(), start=1):
-            if not isinstance(layer, nn.Dropout):
-                h = layer(h)
+        for i, (name, layer, h) in enumerate(inference_steps(model, x), start=1):
             outputs.append(LayerOutput(i, name, type(layer).__name__, h[0].clone()))
         probs = torch.softmax(h[0], dim=0)
     return Trace(input=x[0].clone(), layers=tuple(outputs), probabilities=probs)

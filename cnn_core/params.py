@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .model import CNNConfig, NUM_CLASSES, MnistCNN, count_parameters
+from .model import NUM_CLASSES, CNNConfig, MnistCNN, count_parameters
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,11 @@ def share(part: int, whole: int) -> float:
     return part / whole
 
 
+POWER_OF_TWO_WIDTHS: tuple[int, ...] = tuple(2**k for k in range(4, 15))  # 16 ... 16,384
+
+
 def widths_for_share(target: float, input_shape: Sequence[int], cnn_params: int, depth: int = 1,
-                     candidates: Sequence[int] = tuple(2 ** k for k in range(4, 15))) -> list[tuple[tuple[int, ...], float]]:
+                     candidates: Sequence[int] = POWER_OF_TWO_WIDTHS) -> list[tuple[tuple[int, ...], float]]:
     """Equal-width MLPs of ``depth`` hidden layers, with the CNN's share of each, closest to ``target`` first."""
     rows = []
     for w in candidates:

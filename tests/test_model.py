@@ -43,7 +43,7 @@ def test_trace_shapes_match_the_table_and_the_forward_pass():
     model = MnistCNN().eval()
     x = torch.randn(1, 28, 28)
     t = trace(model, x)
-    assert [(l.name, l.kind, tuple(l.output.shape)) for l in t.layers] == EXPECTED[1:]
+    assert [(lo.name, lo.kind, tuple(lo.output.shape)) for lo in t.layers] == EXPECTED[1:]
     assert tuple(t.input.shape) == (1, 28, 28)
     with torch.no_grad():
         logits = model(x.unsqueeze(0))[0]
@@ -74,7 +74,7 @@ def test_variants_table_agrees_with_real_forward(cfg):
     model = build_model(cfg).eval()
     rows = layer_table(model)
     t = trace(model, torch.zeros(1, 28, 28))
-    assert [r.output_shape for r in rows[1:]] == [tuple(l.output.shape) for l in t.layers]
+    assert [r.output_shape for r in rows[1:]] == [tuple(lo.output.shape) for lo in t.layers]
     assert total_parameters(rows) == count_parameters(model)
     assert config_from_dict(cfg.to_dict()) == cfg
 

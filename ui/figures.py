@@ -17,7 +17,7 @@ def _array(x) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def probability_bars(probabilities, height: int = 260) -> go.Figure:
+def probability_bars(probabilities, height: int = 260, title: str = "Output probabilities (softmax)") -> go.Figure:
     """The ten class probabilities as bars, the predicted digit highlighted."""
     p = _array(probabilities).astype(float)
     top = int(p.argmax())
@@ -28,8 +28,8 @@ def probability_bars(probabilities, height: int = 260) -> go.Figure:
         hovertemplate="digit %{x}: %{y:.2%}<extra></extra>",
     ))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
-                      yaxis=dict(range=[0, 1.15], tickformat=".0%", title="probability"),
-                      xaxis=dict(title="digit", type="category"), title="Output probabilities (softmax)")
+                      yaxis=dict(range=[0, 1.15], tickformat=".0%", title="probability", fixedrange=True),
+                      xaxis=dict(title="digit", type="category", fixedrange=True), title=title, dragmode=False)
     return fig
 
 

@@ -1,39 +1,68 @@
-"""What the pages share: the models, the selected model, the current digit, cached traces.
+"""What the pages share: the models, the selected model, the current digit, cached traces and measurements.
 
-The shipped models are loaded once per process and never modified; traces are pure
-functions of (model, input), so they are cached across sessions by (model, input).
-Each session also keeps its own models (trained in the app or uploaded) in its own
-``st.session_state``, where no other session can see them, and picks which model the
-pages explore with the sidebar's "Model" box (:func:`model_picker`). The current
-digit lives in the session's ``st.session_state`` too.
+Isolation between visitors rests on two rules:
+
+- Anything cached across sessions is a pure function of its key, and the key names everything the
+  result depends on: a model's ``identity`` (its architecture and every weight, see
+  :class:`cnn_core.checkpoint.LoadedModel`), never a name or a hash a card merely claims.
+- What a visitor brings (a model trained here or uploaded, a digit) lives in that visitor's own
+  ``st.session_state``, where no other session can see it.
+
+Every process-wide cache has a ``max_entries``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
+from cnn_core.checkpoint import LoadedModel, WeightsError, load_checkpoint
 from cnn_core.convolution import conv_layer_names
-from cnn_core.checkpoint import SHIPPED_MLP_WEIGHTS, SHIPPED_WEIGHTS, LoadedModel, WeightsError, load_checkpoint
 from cnn_core.export import trace_to_npz
 from cnn_core.introspect import Trace, trace
+from cnn_core.measure import Measurements, TestSets, load_stored, load_test_sets, measure
+from cnn_core.paths import MODELS_DIR
 from cnn_core.preprocess import normalise
 from cnn_core.samples import Sample, load_samples
+from ui.text import plain
+from ui.uploads import install_upload_limit
 
 DIGIT_KEY = "digit"
 MODEL_KEY = "model_id"  # the selected model's id; not a widget key, so it survives pages without the picker
 PICKER_KEY = "model_picker"  # the sidebar selectbox
 OWN_MODELS_KEY = "own_models"  # this session's models: {id: LoadedModel}
-SHIPPED_ID = "shipped:cnn"
-SHIPPED_MLP_ID = "shipped:mlp"
 OWN_PREFIX = "own:"
 MAX_OWN_MODELS = 5  # per session: each variant holds up to a few MB of weights
 TRAINING_JOB_KEY = "training_job"  # this session's latest cnn_core.jobs.TrainingJob (see pages/9_Train_your_own.py)
 REGISTERED_JOB_KEY = "training_job_registered"  # the job whose model is already among the session's models
 TRAINED_ID_KEY = "training_job_model_id"  # ...and that model's id
+MAX_MEASURED_MODELS = 16  # models whose measurements the process keeps (each about 100 KB)
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model that ships with the app: its id in the picker, its weights file and how the picker names it."""
+
+    id: str
+    file: Path
+    label: str
+
+
+SHIPPED_PEN_ID = "shipped:pen-cnn"
+SHIPPED_ID = "shipped:cnn"  # the article's network, trained on MNIST only
+SHIPPED_MLP_ID = "shipped:mlp"
+SHIPPED_MODELS = (
+    ShippedModel(SHIPPED_PEN_ID, MODELS_DIR / "mnist_pen_cnn.pt", "CNN trained on MNIST + pen-drawn digits"),
+    ShippedModel(SHIPPED_ID, MODELS_DIR / "mnist_cnn.pt", "CNN trained on MNIST only (the article's)"),
+    ShippedModel(SHIPPED_MLP_ID, MODELS_DIR / "mnist_mlp.pt", "MLP (no convolutions)"),
+)
 
 
 @dataclass(frozen=True)
@@ -41,15 +70,17 @@ class Digit:
     """The 28x28 input the pages explore, and where it came from."""
 
     pixels: np.ndarray  # (28, 28) float32 in [0, 1]
-    source: str
+    source: str  # may hold a visitor's file name: show it with ui.text.plain
+    marks: int = 1  # separate ink marks of digit size the preprocessing found (more than 1: several digits?)
+    message: str | None = None  # what the preprocessing had to say about the input, in words
 
     @property
     def key(self) -> str:
-        """A short content hash: the cache key of everything computed from this digit."""
-        return hashlib.sha1(np.ascontiguousarray(self.pixels, dtype=np.float32).tobytes()).hexdigest()[:16]
+        """A content hash: the cache key of everything computed from this digit."""
+        return hashlib.sha256(np.ascontiguousarray(self.pixels, dtype=np.float32).tobytes()).hexdigest()
 
 
-@st.cache_resource(show_spinner="Loading the pretrained network...")
+@st.cache_resource(max_entries=8, show_spinner="Loading the pretrained network...")
 def _load(path: str) -> LoadedModel:
     return load_checkpoint(path)
 
@@ -67,11 +98,13 @@ def _load_or_stop(path: str) -> LoadedModel:
 
 
 def shipped_model_paths() -> dict[str, str]:
-    """The models that ship with the app, by id: the CNN, and the MLP when its weights file exists."""
-    paths = {SHIPPED_ID: str(SHIPPED_WEIGHTS)}
-    if SHIPPED_MLP_WEIGHTS.is_file():
-        paths[SHIPPED_MLP_ID] = str(SHIPPED_MLP_WEIGHTS)
-    return paths
+    """The models that ship with the app and whose weights are present, by id, the default first."""
+    return {m.id: str(m.file) for m in SHIPPED_MODELS if m.file.is_file()}
+
+
+def default_model_id() -> str:
+    """The model the pages explore until a visitor picks another: the first shipped model present."""
+    return next(iter(shipped_model_paths()), SHIPPED_ID)
 
 
 def own_models() -> dict[str, LoadedModel]:
@@ -83,14 +116,13 @@ def own_models() -> dict[str, LoadedModel]:
 
 
 def model_id_of(loaded: LoadedModel) -> str:
-    """The id of a session model: its weights' sha256 (the same weights are the same model)."""
-    return OWN_PREFIX + str(loaded.card["sha256"])
+    """The picker id of a session model: its identity (the same architecture and weights are the same model)."""
+    return OWN_PREFIX + loaded.identity
 
 
 def register_model(loaded: LoadedModel, select: bool = True) -> str:
     """Add a model to this session's models (at most MAX_OWN_MODELS: the oldest unselected one goes) and return its id.
 
-    ``loaded.card`` must have a ``sha256`` (cnn_core.jobs and cnn_core.checkpoint give every card one).
     With ``select``, the pages explore it from now on.
     """
     models = dict(own_models())  # a new dict in session state: never change one a page is iterating over
@@ -107,10 +139,10 @@ def register_model(loaded: LoadedModel, select: bool = True) -> str:
 
 
 def forget_model(model_id: str) -> None:
-    """Remove one of this session's models (the shipped CNN is selected again if it was the selected one)."""
+    """Remove one of this session's models (the default model is selected again if it was the selected one)."""
     st.session_state[OWN_MODELS_KEY] = {k: v for k, v in own_models().items() if k != model_id}
     if st.session_state.get(MODEL_KEY) == model_id:
-        select_model(SHIPPED_ID)
+        select_model(default_model_id())
 
 
 def available_model_ids() -> list[str]:
@@ -126,9 +158,9 @@ def select_model(model_id: str) -> None:
 
 
 def selected_model_id() -> str:
-    """The id of the model this session explores (the shipped CNN unless the user picked another)."""
-    model_id = st.session_state.get(MODEL_KEY, SHIPPED_ID)
-    return model_id if model_id in available_model_ids() else SHIPPED_ID
+    """The id of the model this session explores (the default model unless the visitor picked another)."""
+    model_id = st.session_state.get(MODEL_KEY, default_model_id())
+    return model_id if model_id in available_model_ids() else default_model_id()
 
 
 def is_cnn(loaded: LoadedModel) -> bool:
@@ -137,40 +169,48 @@ def is_cnn(loaded: LoadedModel) -> bool:
 
 
 def model_label(model_id: str) -> str:
-    """How the picker names a model."""
-    if model_id == SHIPPED_ID:
-        return "Shipped CNN"
-    if model_id == SHIPPED_MLP_ID:
-        return "Shipped MLP (no convolutions)"
+    """How the picker names a model, as plain text (a session model's name comes from its card: see ui.text)."""
+    for shipped in SHIPPED_MODELS:
+        if shipped.id == model_id:
+            return shipped.label
     loaded = own_models().get(model_id)
     if loaded is None:
         return model_id
-    accuracy = (loaded.card.get("metrics") or {}).get("test_accuracy")
-    origin = "uploaded" if loaded.card.get("origin") == "uploaded" else "yours"
-    return f"{loaded.name} ({origin}" + (f", {accuracy:.1%})" if isinstance(accuracy, (int, float)) else ")")
+    origin = "uploaded" if loaded.card.get("origin") == "uploaded" else "trained here"
+    name = " ".join(str(loaded.name).split())[:40]
+    return f"{name} ({origin})"
+
+
+def model_label_md(model_id: str) -> str:
+    """:func:`model_label` escaped for st.markdown, st.caption, st.write..."""
+    return plain(model_label(model_id), limit=80)
 
 
 def conv_layers_or_stop(model, missing: str) -> list[str]:
     """The model's convolution layers; when it has none, say so (``missing``: what the page cannot show) and stop."""
     names = conv_layer_names(model)
     if not names:
-        st.info(f"The model picked in the sidebar ({model_label(selected_model_id())}) has no convolution layers, "
-                f"so {missing}. Pick a CNN in the sidebar's Model box.")
+        st.info(f"The model picked in the sidebar ({model_label_md(selected_model_id())}) has no convolution "
+                f"layers, so {missing}. Pick a CNN in the sidebar's Model box.")
         st.stop()
     return names
 
 
 def get_model_by_id(model_id: str) -> LoadedModel:
-    """The model with this id (a shipped one, or one of this session's); the shipped CNN for an unknown id."""
+    """The model with this id (a shipped one, or one of this session's); the default model for an unknown id."""
     own = own_models().get(model_id)
     if own is not None:
         return own
     paths = shipped_model_paths()
-    return _load_or_stop(paths.get(model_id, paths[SHIPPED_ID]))
+    if not paths:
+        st.error("No shipped weights were found in models/: the app cannot run without them. "
+                 "Train them with `python -m cnn_core.train` (see models/README.md).")
+        st.stop()
+    return _load_or_stop(paths.get(model_id, next(iter(paths.values()))))
 
 
 def get_model(path: str | None = None) -> LoadedModel:
-    """The model the session explores (the one picked in the sidebar; the shipped CNN by default).
+    """The model the session explores (the one picked in the sidebar; the default model otherwise).
 
     With ``path``, the model saved at that path instead. Stops the page with a clear message if the
     weights are unusable.
@@ -199,8 +239,16 @@ def _picked() -> None:
     st.session_state[MODEL_KEY] = st.session_state[PICKER_KEY]
 
 
+@st.cache_resource(max_entries=1, show_spinner=False)
+def _server_guards() -> bool:
+    """Installed once per server process: the per-session bound on stored uploads (see ui/uploads.py)."""
+    install_upload_limit()
+    return True
+
+
 def model_picker() -> LoadedModel:
     """The sidebar's "Model" box; returns the selected model. Call it once per page run, before drawing the page."""
+    _server_guards()
     register_finished_training()
     options = available_model_ids()
     selected = selected_model_id()
@@ -214,7 +262,8 @@ def model_picker() -> LoadedModel:
                           "on the **Train your own** page.")
         job = st.session_state.get(TRAINING_JOB_KEY)
         if job is not None and job.snapshot().running:
-            st.caption(f"Training {job.name}: {job.snapshot().fraction:.0%} (it joins this list when it is done).")
+            st.caption(f"Training {plain(job.name)}: {job.snapshot().fraction:.0%} (it joins this list when it is "
+                       "done).")
     return get_model()
 
 
@@ -222,35 +271,89 @@ def model_picker() -> LoadedModel:
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
-def _trace(path: str, key: str, _pixels: np.ndarray) -> Trace:
-    return trace(_load(path).model, normalise(_pixels))
-
-
-@st.cache_resource(max_entries=128, show_spinner=False)
-def _own_trace(model_id: str, key: str, _model, _pixels: np.ndarray) -> Trace:
-    # Keyed by the weights' sha256: only a session holding these very weights can ask for these traces.
+def _trace(identity: str, digit_key: str, _model, _pixels: np.ndarray) -> Trace:
+    # The key names the model (architecture and weights) and the digit: the trace is a pure function of both.
     return trace(_model, normalise(_pixels))
 
 
 def get_trace(digit: Digit, path: str | None = None, model_id: str | None = None) -> Trace:
     """The trace of ``digit`` through the selected model (or the model at ``path``, or with ``model_id``).
 
-    Computed once per (model, input).
+    Computed once per (model identity, input).
     """
-    if path is None:
-        model_id = model_id or selected_model_id()
-        own = own_models().get(model_id)
-        if own is not None:
-            return _own_trace(model_id, digit.key, own.model, digit.pixels)
-        paths = shipped_model_paths()
-        path = paths.get(model_id, paths[SHIPPED_ID])
-    get_model(path)
-    return _trace(path, digit.key, digit.pixels)
+    loaded = get_model(path) if path is not None else get_model_by_id(model_id or selected_model_id())
+    return _trace(loaded.identity, digit.key, loaded.model, digit.pixels)
 
 
-@st.cache_resource(show_spinner=False)
+# --- measurements over the test digits --------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the test digits...")
+def get_test_sets() -> TestSets:
+    """The bundled test digits every page measures on (loaded once per process, read only)."""
+    return load_test_sets()
+
+
+_measured: OrderedDict[str, Measurements] = OrderedDict()  # by model identity, least recently used first
+_measured_lock = threading.Lock()
+_measuring: dict[str, threading.Lock] = {}  # one lock per identity being measured: no model is measured twice
+
+
+def _remember(identity: str, result: Measurements) -> None:
+    with _measured_lock:
+        _measured[identity] = result
+        _measured.move_to_end(identity)
+        while len(_measured) > MAX_MEASURED_MODELS:
+            _measured.popitem(last=False)
+
+
+def _recall(identity: str) -> Measurements | None:
+    with _measured_lock:
+        found = _measured.get(identity)
+        if found is not None:
+            _measured.move_to_end(identity)
+        return found
+
+
+def measurements(loaded: LoadedModel, model_id: str | None = None) -> Measurements:
+    """The model measured on the bundled test digits: read from its stored file (shipped models), else
+    measured here once per process and model identity, with a progress bar.
+
+    ``model_id`` says which picker entry ``loaded`` is (for the stored file of a shipped model).
+    """
+    found = _recall(loaded.identity)
+    if found is not None:
+        return found
+    sets = get_test_sets()
+    paths = shipped_model_paths()
+    shipped_path = paths.get(model_id or "") or next(
+        (p for p in paths.values() if _load(p).identity == loaded.identity), None)
+    if shipped_path is not None:
+        stored = load_stored(shipped_path, loaded, sets)
+        if stored is not None:
+            _remember(loaded.identity, stored)
+            return stored
+    with _measured_lock:
+        lock = _measuring.setdefault(loaded.identity, threading.Lock())
+    with lock:  # a second session asking for the same model waits for the first one's result
+        found = _recall(loaded.identity)
+        if found is None:
+            bar = st.progress(0.0, text="Measuring this network on the test digits (once per model)...")
+            progress: Callable[[float, str], None] = lambda f, words: bar.progress(min(f, 1.0), text=words)  # noqa: E731
+            found = measure(loaded, sets, progress)
+            bar.empty()
+            _remember(loaded.identity, found)
+    with _measured_lock:
+        _measuring.pop(loaded.identity, None)
+    return found
+
+
+# --- the current digit ---------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
 def get_samples() -> list[Sample]:
-    """Sample digits (MNIST test digits when the data folder is there, else typed digits)."""
+    """One bundled MNIST test digit of each class (shared, read only)."""
     return load_samples()
 
 
@@ -259,9 +362,9 @@ def current_digit() -> Digit | None:
     return st.session_state.get(DIGIT_KEY)
 
 
-def set_digit(pixels: np.ndarray, source: str) -> Digit:
-    """Make ``pixels`` this session's current digit."""
-    digit = Digit(np.asarray(pixels, dtype=np.float32), source)
+def set_digit(pixels: np.ndarray, source: str, marks: int = 1, message: str | None = None) -> Digit:
+    """Make ``pixels`` this session's current digit (``marks`` and ``message`` as the preprocessing found)."""
+    digit = Digit(np.asarray(pixels, dtype=np.float32), source, int(marks), message)
     st.session_state[DIGIT_KEY] = digit
     return digit
 
@@ -273,31 +376,46 @@ def clear_digit(only_source_prefix: str | None = None) -> None:
         del st.session_state[DIGIT_KEY]
 
 
+SAMPLE_KEY = "sample_choice"
+_NO_SAMPLE = "-"
+
+
+def _sample_picked() -> None:
+    """The sidebar's sample box changed: that sample becomes the current digit at once (before the page draws)."""
+    choice = st.session_state.get(SAMPLE_KEY)
+    samples = get_samples()
+    labels = [sample_label(s) for s in samples]
+    if choice in labels:
+        s = samples[labels.index(choice)]
+        set_digit(s.pixels, f"sample {choice}")
+
+
+def sample_label(s: Sample) -> str:
+    """How a sample digit is named in the pickers."""
+    return f"{s.label} ({s.source})"
+
+
 def digit_or_sample_picker() -> Digit:
     """The model picker, then the current digit or, when there is none, a picker of sample digits.
 
     For the explorer pages; the sidebar also offers the digit's trace through the model as a .npz file.
     """
     model_picker()
-    digit = current_digit()
     samples = get_samples()
     with st.sidebar:
         st.markdown("**Input**")
+        labels = [sample_label(s) for s in samples]
+        st.selectbox("Or pick a sample digit", [_NO_SAMPLE, *labels], key=SAMPLE_KEY, on_change=_sample_picked,
+                     help="Draw or upload your own digit on the home page.")
+        digit = current_digit()
         if digit is not None:
-            st.caption(f"Exploring: {digit.source}")
+            st.caption(f"Exploring: {plain(digit.source)}")
             st.image(_preview(digit.pixels), width=84)
-        labels = [f"{s.label} ({s.source})" for s in samples]
-        choice = st.selectbox("Or pick a sample digit", ["-"] + labels, key="sample_choice",
-                              help="Draw or upload your own digit on the home page.")
-        if choice != "-":
-            s = samples[labels.index(choice)]
-            if digit is None or digit.source != f"sample {choice}":
-                digit = set_digit(s.pixels, f"sample {choice}")
     if digit is None:
         st.info("You have not drawn anything yet: showing a sample digit. Draw your own on the home page, "
                 "or pick another sample in the sidebar.")
         s = samples[0]
-        digit = Digit(s.pixels, f"sample {s.label} ({s.source})")
+        digit = Digit(s.pixels, f"sample {sample_label(s)}")
     with st.sidebar:
         trace_download_button(digit)
     return digit
@@ -310,7 +428,7 @@ def trace_download_button(digit: Digit, key: str = "sidebar_trace_npz") -> None:
     def npz() -> bytes:  # runs outside the script when the user clicks: no Streamlit calls in here
         return trace_to_npz(trace(model, normalise(digit.pixels)))
 
-    st.download_button("Download activations (.npz)", data=npz, file_name=f"trace_{digit.key}.npz",
+    st.download_button("Download activations (.npz)", data=npz, file_name="cnn_explorer_activations.npz",
                        mime="application/octet-stream", key=key, on_click="ignore",
                        help="Every layer's output for this digit, keyed by layer name, with the input and "
                             "the probabilities: open it with numpy.load.")

@@ -1,0 +1,19 @@
+"""Visitor-chosen text (file names, model names from uploaded cards) shown safely inside Markdown."""
+
+from __future__ import annotations
+
+import re
+
+MAX_NAME = 60  # characters of a visitor-chosen name shown on a page
+
+# Every ASCII punctuation character may be backslash-escaped in Markdown (CommonMark), which
+# turns links, emphasis, headings, HTML and Streamlit's :colour[...] / :emoji: syntax into text.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=\"'&^%@])")
+
+
+def plain(text: object, limit: int = MAX_NAME) -> str:
+    """``text`` as plain words for st.markdown / st.caption: one line, at most ``limit`` characters, nothing active."""
+    one_line = " ".join(str(text).split())
+    if len(one_line) > limit:
+        one_line = one_line[: limit - 1] + "…"
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
