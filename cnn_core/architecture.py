@@ -68,6 +68,19 @@ def window_of(layer: nn.Module) -> tuple[int, int, int] | None:
     return None
 
 
+# Layers whose output is an affine function of their input (dropout: at inference, where it is the identity).
+_AFFINE = (nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def nonlinear_layers(model: nn.Module) -> list[str]:
+    """Names of the model's layers that are not affine maps (ReLU, max pooling...), in order.
+
+    Between two of them, consecutive layers compose into one affine map: with none at all, the whole
+    network would be a single linear function of its input (plus a constant).
+    """
+    return [name for name, layer in model.named_children() if not isinstance(layer, _AFFINE)]
+
+
 def describe(layer: nn.Module) -> str:
     """A short human description of a layer's settings."""
     window = window_of(layer)

@@ -6,6 +6,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from torch import nn
+
+from .architecture import layer_table
 from .model import NUM_CLASSES, CNNConfig, MnistCNN, count_parameters
 
 
@@ -45,6 +48,26 @@ def mlp_param_count(input_shape: Sequence[int], hidden: Sequence[int], classes: 
 def cnn_param_count(config: CNNConfig = CNNConfig()) -> int:
     """Total parameters of the CNN built from ``config`` (421,642 for the classic one)."""
     return count_parameters(MnistCNN(config))
+
+
+def cnn_param_count_for_input(model: nn.Module, hwc: Sequence[int]) -> int:
+    """Parameters of ``model``'s layers if it were fed an H×W×C image: conv1 sees C channels, fc1 the flattened maps.
+
+    The convolutions keep their kernels; only the first layer's channel count and fc1's inputs change.
+    Counted on PyTorch layers built on the meta device (no memory, no initialisation).
+    """
+    h, w, c = hwc
+    rows = layer_table(model, (c, h, w))
+    total = 0
+    for before, layer in zip(rows, model.children()):  # rows[i] is the input of child i
+        if isinstance(layer, nn.Conv2d):
+            layer = nn.Conv2d(before.output_shape[0], layer.out_channels, layer.kernel_size, layer.stride,
+                              layer.padding, bias=layer.bias is not None, device="meta")
+        elif isinstance(layer, nn.Linear):
+            layer = nn.Linear(math.prod(before.output_shape), layer.out_features, bias=layer.bias is not None,
+                              device="meta")
+        total += count_parameters(layer)
+    return total
 
 
 def share(part: int, whole: int) -> float:

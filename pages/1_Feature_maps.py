@@ -10,15 +10,16 @@ import streamlit as st
 import torch
 from torch import nn
 
-from cnn_core.architecture import LayerRow, layer_table
+from cnn_core.architecture import LayerRow, layer_table, nonlinear_layers, total_parameters
 from cnn_core.data import MNIST_MEAN, MNIST_STD
 from cnn_core.introspect import Trace, dropout_mask
 from ui import figures
+from ui.figures import PLOT_CONFIG
 from ui.state import digit_or_sample_picker, get_model, get_trace
+from ui.text import plain, shape_text
 
 st.set_page_config(page_title="Feature maps · CNN Explorer", page_icon="🔢", layout="wide")
 
-PLOT_CONFIG = {"displayModeBar": False}
 GRID_COLS = 8  # tiles per row in the feature-map grids
 BIG = 300  # height of a single map shown large, in pixels
 MAX_SEED = 2**31 - 1
@@ -42,14 +43,11 @@ def show(chart_key: str, fig_key: tuple, build: Callable[[], go.Figure]) -> None
     st.plotly_chart(cached_figure(fig_key, build), key=chart_key, config=PLOT_CONFIG)
 
 
-def shape_text(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
 def facts(row: LayerRow) -> None:
     """The layer's output shape and parameter count, as the architecture table has them."""
     what = "shape" if row.index == 0 else "output shape"
-    st.caption(f"`{row.name}` {what} **{shape_text(row.output_shape)}** · **{row.parameters:,}** parameters")
+    st.caption(f"`{row.name}` {what} **{shape_text(row.output_shape, ', ', '()')}** · **{row.parameters:,}** "
+               "parameters")
 
 
 def formula(row: LayerRow) -> None:
@@ -151,12 +149,24 @@ def conv_section(row: LayerRow, layer: nn.Conv2d, tr: Trace, ids: tuple) -> int:
     return channel
 
 
-def relu_maps_section(row: LayerRow, before_name: str, tr: Trace, channel: int, ids: tuple) -> None:
+def without_relus(model: nn.Module) -> str:
+    """What the model would be without its ReLUs, from its own layers."""
+    others = [name for name in nonlinear_layers(model) if not isinstance(dict(model.named_children())[name], nn.ReLU)]
+    if not others:
+        return ("Every other layer of this network is linear (convolutions, pooling by averages, flatten, fully "
+                "connected): without the ReLUs the whole network would collapse into a single linear function of "
+                "the pixels.")
+    return (f"Without the ReLUs, only {', '.join(others)} would still bend the signal (max pooling keeps the largest "
+            "of each window, which is not linear); everything between two such bends would collapse into one "
+            "linear map.")
+
+
+def relu_maps_section(model: nn.Module, row: LayerRow, before_name: str, tr: Trace, channel: int,
+                      ids: tuple) -> None:
     """ReLU on feature maps: the chosen channel before and after, the zeroed negatives marked."""
     st.write(
         f"{row.name} replaces every negative value by zero and keeps the positive ones: a map now says only "
-        "where its pattern is present, not where it is absent. Without this bend the stacked layers would "
-        "collapse into a single linear function."
+        f"where its pattern is present, not where it is absent. {without_relus(model)}"
     )
     facts(row)
     before, after = tr[before_name], tr[row.name]
@@ -276,17 +286,22 @@ def dropout_section(row: LayerRow, layer: nn.Dropout, before_name: str, next_nam
         st.warning(f"The output of {row.name} differs from its input: the model is not in inference mode.")
 
 
-def linear_section(row: LayerRow, layer: nn.Linear, before_name: str, next_row: LayerRow | None,
+def linear_section(model: nn.Module, row: LayerRow, layer: nn.Linear, before_name: str, next_row: LayerRow | None,
                    tr: Trace, ids: tuple) -> None:
     """A hidden fully connected layer: its activations as bars."""
     n_in, n_out = layer.in_features, layer.out_features
     values = tr[row.name]
+    total = total_parameters(layer_table(model))
+    held = row.parameters / total
+    where = ("most of the network's weights are here" if held > 0.5 else "it holds a sizeable part of the weights")
     st.write(
         f"{row.name} connects every one of the {n_in:,} values to each of its {n_out} units: each unit is a "
         "weighted sum of all of them plus a bias, so it can combine evidence from anywhere in the image. "
-        "This is where most of the network's weights are."
+        f"That takes {row.parameters:,} of the network's {total:,} parameters ({held:.1%}): {where}."
         + ("" if next_row is not None and next_row.kind == "ReLU" else
-           f" This network puts no ReLU after {row.name}, so negative values go on to the next layer as they are.")
+           f" This network puts no ReLU after {row.name}, so negative values go on to the next layer as they are, "
+           f"and {row.name} and the layer after it compose into a single linear map: the **Architecture** page "
+           "works out what that means.")
     )
     facts(row)
     st.markdown(f"Parameters: {n_in:,} × {n_out} weights + {n_out} biases = **{row.parameters:,}**")
@@ -336,10 +351,10 @@ loaded = get_model()
 tr = get_trace(digit)
 rows = layer_table(loaded.model)
 modules = dict(loaded.model.named_children())
-ids = (str(loaded.card.get("sha256", ""))[:12], digit.key)  # what every figure depends on
+ids = (loaded.identity, digit.key)  # what every figure depends on: the model (architecture and weights), the digit
 
 st.write(
-    f"Follow **{digit.source}** through the network, one layer at a time, in the order the network "
+    f"Follow **{plain(digit.source)}** through the network, one layer at a time, in the order the network "
     f"computes them. It reads this digit as a **{tr.prediction}** ({tr.confidence:.1%} confident). "
     "Pick a channel in a convolution section, or click its tile, and the sections after it follow that channel."
 )
@@ -353,7 +368,7 @@ for i, row in enumerate(rows[1:], start=1):
     if isinstance(layer, nn.Conv2d):
         channel = conv_section(row, layer, tr, ids)
     elif isinstance(layer, nn.ReLU) and len(row.output_shape) == 3 and channel is not None:
-        relu_maps_section(row, previous.name, tr, channel, ids)
+        relu_maps_section(loaded.model, row, previous.name, tr, channel, ids)
     elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)) and channel is not None:
         pool_section(row, layer, previous.name, tr, channel, ids)
     elif isinstance(layer, nn.Flatten) and len(previous.output_shape) == 3:
@@ -363,6 +378,6 @@ for i, row in enumerate(rows[1:], start=1):
     elif isinstance(layer, nn.Linear) and following is None:
         output_section(row, layer, tr, ids)
     elif isinstance(layer, nn.Linear):
-        linear_section(row, layer, previous.name, following, tr, ids)
+        linear_section(loaded.model, row, layer, previous.name, following, tr, ids)
     else:
         other_section(row, tr, ids)

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 from torch import nn
 
 from cnn_core.architecture import layer_table
-from cnn_core.checkpoint import SHIPPED_MLP_WEIGHTS, SHIPPED_WEIGHTS, WeightsError, load_checkpoint
-from cnn_core.data import MnistDataError, load_mnist, take
-from cnn_core.evaluate import accuracy
-from cnn_core.explain import shifted_accuracy
-from cnn_core.model import MLPConfig
-from cnn_core.params import mlp_layers, mlp_param_count, share, widths_for_share
-from cnn_core.samples import data_dir
+from cnn_core.checkpoint import LoadedModel
+from cnn_core.measure import Measurements
+from cnn_core.model import MLPConfig, count_parameters
+from cnn_core.params import cnn_param_count_for_input, mlp_layers, mlp_param_count, share, widths_for_share
 from ui.charts import param_bars, shift_comparison
-from ui.state import get_model
+from ui.state import (
+    SHIPPED_ID,
+    SHIPPED_MLP_ID,
+    get_model_by_id,
+    is_cnn,
+    measurements,
+    model_label_md,
+    model_picker,
+    selected_model_id,
+    shipped_model_paths,
+)
 
 st.set_page_config(page_title="ANN vs CNN · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -30,8 +35,6 @@ INPUTS = {MNIST: "MNIST digit", COLOUR: "colour photo"}
 QUOTED_SHARE = 0.07  # the share of the MLP's parameters the article says the CNN needs
 MAX_HIDDEN_LAYERS = 3
 MAX_WIDTH = 100_000  # enough for any sensible comparison; far more would only show absurd numbers
-SHIFTS = tuple(range(-4, 5))  # pixels, horizontally
-SHIFT_DIGITS = 1000  # test digits per shifted measurement: enough for a clear curve, quick on 2 cores
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -44,33 +47,17 @@ def parse_widths(text: str) -> tuple[int, ...]:
     widths = []
     for p in parts:
         p = p.replace("_", "")
+        if p.startswith("-") and p[1:].isdigit():
+            raise ValueError(f"'{p[:12]}' is negative: a layer has at least 1 unit.")
         if not p.isdigit():
-            raise ValueError(f"'{p}' is not a whole number: enter widths like 512, 256.")
+            raise ValueError(f"'{p[:12]}' is not a whole number: enter widths like 512, 256.")
+        if len(p.lstrip("0")) > len(str(MAX_WIDTH)):  # before int(): Python refuses 4,300+ digit strings
+            raise ValueError(f"Each width must be between 1 and {MAX_WIDTH:,} ({p[:12]}... is far more).")
         w = int(p)
         if not 1 <= w <= MAX_WIDTH:
             raise ValueError(f"Each width must be between 1 and {MAX_WIDTH:,} (got {w:,}).")
         widths.append(w)
     return tuple(widths)
-
-
-def cnn_params_for(model: nn.Module, hwc: tuple[int, int, int]) -> int:
-    """Parameters of this CNN's layers fed an H×W×C image: conv1 sees C channels, fc1 the flattened maps.
-
-    The convolutions keep their kernels; only the first layer's channel count and fc1's inputs change.
-    Counted on PyTorch layers built on the meta device (no memory, no initialisation).
-    """
-    h, w, c = hwc
-    rows = layer_table(model, (c, h, w))
-    total = 0
-    for before, layer in zip(rows, model.children()):  # rows[i] is the input of child i
-        if isinstance(layer, nn.Conv2d):
-            layer = nn.Conv2d(before.output_shape[0], layer.out_channels, layer.kernel_size, layer.stride,
-                              layer.padding, bias=layer.bias is not None, device="meta")
-        elif isinstance(layer, nn.Linear):
-            layer = nn.Linear(math.prod(before.output_shape), layer.out_features, bias=layer.bias is not None,
-                              device="meta")
-        total += sum(p.numel() for p in layer.parameters())
-    return total
 
 
 def shape_text(hwc: tuple[int, ...]) -> str:
@@ -80,7 +67,7 @@ def shape_text(hwc: tuple[int, ...]) -> str:
 
 def compare(model: nn.Module, hidden: tuple[int, ...]) -> None:
     """The CNN against an MLP with these hidden widths, for each input shape: numbers, chart and the MLP's layers."""
-    counts = {hwc: (cnn_params_for(model, hwc), mlp_param_count(hwc, hidden)) for hwc in INPUTS}
+    counts = {hwc: (cnn_param_count_for_input(model, hwc), mlp_param_count(hwc, hidden)) for hwc in INPUTS}
     st.caption(f"MLP: input → {' → '.join(f'{w:,}' for w in hidden)} → 10. CNN: the network of this app, with "
                "conv1 taking as many channels as the image has and fc1 as many inputs as the last maps hold.")
     for hwc, (cnn, mlp) in counts.items():
@@ -117,64 +104,48 @@ def compare(model: nn.Module, hidden: tuple[int, ...]) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Measured:
-    """One shipped network measured on the test digits."""
-
-    name: str
-    parameters: int
-    accuracy: float
-    test_digits: int
-    shifted: tuple[float, ...]  # accuracy on the first SHIFT_DIGITS test digits, for each of SHIFTS
-
-
-@st.cache_resource(show_spinner="Measuring both networks on the test digits (once per server)...")
-def measure_shipped(folder: str) -> list[Measured]:
-    """Test accuracy and accuracy on shifted digits of the shipped CNN and MLP."""
-    split = load_mnist(folder, "test")
-    part = take(split, SHIFT_DIGITS)
-    out = []
-    for name, path in (("CNN", SHIPPED_WEIGHTS), ("MLP", SHIPPED_MLP_WEIGHTS)):
-        model = load_checkpoint(path).model
-        out.append(Measured(
-            name=f"{name} ({sum(p.numel() for p in model.parameters()):,} parameters)",
-            parameters=sum(p.numel() for p in model.parameters()),
-            accuracy=accuracy(model, split),
-            test_digits=len(split),
-            shifted=tuple(shifted_accuracy(model, part.images, part.labels, dx=s) for s in SHIFTS),
-        ))
-    return out
-
-
-def trained_comparison() -> None:
-    """Both shipped networks, trained the same way on the same digits, measured side by side."""
-    folder = st.text_input("MNIST folder for the measurement", value=str(data_dir()), key="ann_data",
-                           help="A folder with the MNIST test files (IDX, gzipped or not).")
-    try:
-        cnn, mlp = measure_shipped(folder)
-    except (MnistDataError, WeightsError) as e:
-        st.info(f"Cannot measure the two networks here: {e}")
-        return
-    table = [{"network": m.name, "parameters": m.parameters, f"accuracy, {m.test_digits:,} test digits": m.accuracy,
-              f"accuracy, shifted {SHIFTS[-1]} px": m.shifted[-1]} for m in (cnn, mlp)]
+def trained_comparison(cnn: LoadedModel, mlp: LoadedModel, cnn_m: Measurements, mlp_m: Measurements) -> None:
+    """The shipped CNN and MLP, measured side by side on the bundled test digits, plain and shifted."""
+    far = max(cnn_m.shifts.shifts)
+    zero = cnn_m.shifts.shifts.index(0)
+    n_all, n_shift = cnn_m.mnist.n, cnn_m.shifts.n_images
+    table = [{"network": f"{name} ({count_parameters(m.model):,} parameters)", "parameters": count_parameters(m.model),
+              f"accuracy, all {n_all:,} test digits": r.mnist.accuracy,
+              f"accuracy, first {n_shift:,} test digits shifted {far} px right": r.shifts.horizontal[-1]}
+             for name, m, r in (("CNN", cnn, cnn_m), ("MLP", mlp, mlp_m))]
     # A Styler shows every accuracy with one decimal (the "percent" column format drops trailing zeros,
     # "97%" next to "97.3%") while the table keeps the plain fractions.
     accuracies = [k for k in table[0] if k.startswith("accuracy")]
     st.dataframe(pd.DataFrame(table).style.format("{:.1%}", subset=accuracies), hide_index=True,
                  key="trained_table", column_config={"parameters": st.column_config.NumberColumn(format="localized")})
     left, right = st.columns([3, 2], gap="large")
+    names = {"CNN": table[0]["network"], "MLP": table[1]["network"]}
     with left:
-        st.plotly_chart(shift_comparison(SHIFTS, {cnn.name: cnn.shifted, mlp.name: mlp.shifted}),
+        st.plotly_chart(shift_comparison(cnn_m.shifts.shifts, {names["CNN"]: cnn_m.shifts.horizontal,
+                                                               names["MLP"]: mlp_m.shifts.horizontal}),
                         key="shift_comparison", config={"displayModeBar": False})
+        st.caption(f"Each point: the first {n_shift:,} test digits, all moved by the same number of pixels.")
     with right:
-        zero = SHIFTS.index(0)
         st.write(
-            f"Both networks were trained by the same script on the same 10,000 digits, with the same small random "
-            f"shifts, turns and scalings. Unshifted, the CNN gets {cnn.shifted[zero]:.1%} of the first "
-            f"{SHIFT_DIGITS:,} test digits right and the MLP {mlp.shifted[zero]:.1%}. Moved {SHIFTS[-1]} px to the "
-            f"right, the CNN still gets {cnn.shifted[-1]:.1%} and the MLP {mlp.shifted[-1]:.1%}: the CNN's filters "
-            "find a stroke wherever it is, while each MLP weight belongs to one pixel position."
+            f"{training_sentence(cnn, mlp)} On the first {n_shift:,} test digits, unshifted, the CNN gets "
+            f"{cnn_m.shifts.horizontal[zero]:.1%} right and the MLP {mlp_m.shifts.horizontal[zero]:.1%}. Moved {far} px "
+            f"to the right, the CNN still gets {cnn_m.shifts.horizontal[-1]:.1%} and the MLP "
+            f"{mlp_m.shifts.horizontal[-1]:.1%}: the CNN's filters find a stroke wherever it is, while each MLP "
+            "weight belongs to one pixel position."
         )
+
+
+def training_sentence(cnn: LoadedModel, mlp: LoadedModel) -> str:
+    """How the two networks were trained, from their cards: what they share, said only when it is true."""
+    def facts(card: dict) -> tuple:
+        data = card.get("data") if isinstance(card.get("data"), dict) else {}
+        return data.get("train_examples"), card.get("epochs")
+
+    (n_cnn, epochs_cnn), (n_mlp, epochs_mlp) = facts(cnn.card), facts(mlp.card)
+    if n_cnn == n_mlp and isinstance(n_cnn, int) and epochs_cnn == epochs_mlp and isinstance(epochs_cnn, int):
+        return (f"Both networks were trained by the project's training script on the same {n_cnn:,} MNIST digits, "
+                f"for {epochs_cnn} epochs each, with the same small random shifts, turns and scalings.")
+    return "Their model cards record how each was trained (see the Model page)."
 
 
 def widths_text(widths: tuple[int, ...]) -> str:
@@ -183,13 +154,23 @@ def widths_text(widths: tuple[int, ...]) -> str:
     return f"{count or f'{len(widths)} hidden layers'} of {widths[0]:,} units"
 
 
-loaded = get_model(str(SHIPPED_WEIGHTS))  # always the shipped CNN: this page compares it with MLPs
+selected = model_picker()
+# The counts follow the network picked in the sidebar when it is a CNN; an MLP has nothing to compare.
+cnn_id = selected_model_id() if is_cnn(selected) else SHIPPED_ID
+loaded = selected if is_cnn(selected) else get_model_by_id(SHIPPED_ID)
 model = loaded.model
-cnn_params = sum(p.numel() for p in model.parameters())  # the weights are frozen: count them all
+cnn_params = count_parameters(model)
 conv1 = dict(model.named_children())["conv1"]
 conv1_row = next(r for r in layer_table(model) if r.name == "conv1")
+shipped_mlp = get_model_by_id(SHIPPED_MLP_ID) if SHIPPED_MLP_ID in shipped_model_paths() else None
+# The MLP the page starts from: the shipped one, as its card builds it (its widths, not a default).
+start_hidden = (shipped_mlp.config.hidden if shipped_mlp is not None and isinstance(shipped_mlp.config, MLPConfig)
+                else MLPConfig().hidden)
 
 st.title("ANN vs CNN: counting parameters")
+if not is_cnn(selected):
+    st.info(f"The network picked in the sidebar ({model_label_md(selected_model_id())}) has no convolutions: the "
+            f"counts below are those of {model_label_md(SHIPPED_ID)}.")
 st.write(
     "A plain fully connected network (a multilayer perceptron, MLP, the classic 'ANN') connects every "
     "neuron of its first layer to every pixel. A convolutional layer instead learns small filters and "
@@ -197,8 +178,8 @@ st.write(
 )
 
 st.header("What one neuron sees")
-first_mnist = mlp_layers(MNIST, MLPConfig().hidden)[0]
-first_colour = mlp_layers(COLOUR, MLPConfig().hidden)[0]
+first_mnist = mlp_layers(MNIST, start_hidden)[0]
+first_colour = mlp_layers(COLOUR, start_hidden)[0]
 in_channels, kernel_h, kernel_w = conv1.weight.shape[1:]
 filter_weights = conv1.weight[0].numel()
 positions = conv1_row.output_shape[1] * conv1_row.output_shape[2]
@@ -221,7 +202,7 @@ st.write(
 st.header("Whole networks")
 text = st.text_input(
     f"Hidden-layer widths of the MLP (1 to {MAX_HIDDEN_LAYERS} numbers, separated by commas)",
-    value=", ".join(str(w) for w in MLPConfig().hidden), key="mlp_widths",
+    value=", ".join(str(w) for w in start_hidden), key="mlp_widths",
     help="For example 512, 256 builds input → 512 → 256 → 10.",
 )
 try:
@@ -234,7 +215,7 @@ else:
 st.header("Is the CNN really 'about 7%' of the MLP?")
 best_one = widths_for_share(QUOTED_SHARE, MNIST, cnn_params, depth=1)[0]
 best_two = widths_for_share(QUOTED_SHARE, MNIST, cnn_params, depth=2)[0]
-default_hidden = MLPConfig().hidden
+default_hidden = start_hidden
 default_mlp = mlp_param_count(MNIST, default_hidden)
 default_share = share(cnn_params, default_mlp)
 verdict = "so the CNN is the bigger one" if default_share > 1 else "so the CNN is still the smaller one"
@@ -253,9 +234,14 @@ st.caption(
 )
 
 st.header("ANN vs CNN, trained")
-st.write(
-    "Counting is half the argument. The app also ships an MLP with one hidden layer of "
-    f"{MLPConfig().hidden[0]} units, the default MLP above, trained exactly like the CNN. Here both are measured "
-    "on the test digits, as they are and shifted sideways."
-)
-trained_comparison()
+if shipped_mlp is None:
+    st.info("The shipped MLP's weights (models/mnist_mlp.pt) are not here, so the two networks cannot be compared.")
+else:
+    article_cnn = get_model_by_id(SHIPPED_ID)
+    st.write(
+        f"Counting is half the argument. The app also ships an MLP, {widths_text(start_hidden)}, the starting MLP "
+        f"above, with {count_parameters(shipped_mlp.model):,} parameters. Here it is measured next to "
+        f"{model_label_md(SHIPPED_ID)} on test digits neither network trained on, as they are and shifted sideways."
+    )
+    trained_comparison(article_cnn, shipped_mlp, measurements(article_cnn, SHIPPED_ID),
+                       measurements(shipped_mlp, SHIPPED_MLP_ID))

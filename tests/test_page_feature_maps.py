@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from apptest_helpers import chart, decode
+from streamlit.testing.v1 import AppTest
 
 from cnn_core.architecture import layer_table
 from cnn_core.introspect import dropout_mask, trace
@@ -17,6 +16,7 @@ from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from ui.figures import channel_from_selection, feature_map_grid, mosaic_channel, pool_winners
 from ui.state import DIGIT_KEY, Digit
+from ui.text import plain
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Feature_maps.py")
 SHAPE_CAPTION = re.compile(r"^`(\w+)` (?:output )?shape \*\*\(([\d, ]+)\)\*\* · \*\*([\d,]+)\*\* parameters$")
@@ -61,7 +61,7 @@ def test_page_shows_the_prediction_of_the_trace(shipped, test_split, index):
     assert not at.info, "a digit was set: the sample fallback must not show"
     assert metric_value(at, "Prediction") == str(expected.prediction)
     intro = at.markdown[0].value
-    assert f"MNIST test #{index}" in intro
+    assert plain(f"MNIST test #{index}") in intro  # the source as plain text, never as Markdown
     assert f"as a **{expected.prediction}** ({expected.confidence:.1%} confident)" in intro
     shown = decode(chart(at, "fm_probs_fc2")["data"][0]["y"])
     np.testing.assert_allclose(shown, expected.probabilities.numpy(), rtol=1e-5)

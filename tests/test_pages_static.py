@@ -18,6 +18,7 @@ from cnn_core.architecture import layer_table, output_size, total_parameters
 from cnn_core.evaluate import evaluate
 from cnn_core.model import MLPConfig
 from cnn_core.params import cnn_param_count, mlp_layers, mlp_param_count, share, widths_for_share
+from ui.text import plain
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 ARCHITECTURE = str(PAGES / "2_Architecture.py")
@@ -164,27 +165,38 @@ def test_ann_page_counts_the_mlp_the_user_asks_for():
 def test_ann_page_measures_both_trained_networks(test_split):
     from cnn_core.checkpoint import SHIPPED_MLP_WEIGHTS, load_checkpoint
     from cnn_core.evaluate import accuracy
+    from cnn_core.explain import shifted_accuracy
 
     at = run(ANN_VS_CNN)
     assert not at.error and not at.exception
     table = at.dataframe[1].value
-    measured = list(table[f"accuracy, {len(test_split):,} test digits"])
     cnn, mlp = load_checkpoint().model, load_checkpoint(SHIPPED_MLP_WEIGHTS).model
+    # Each column says which digits it was measured on, and holds exactly that measurement.
+    measured = list(table[f"accuracy, all {len(test_split):,} test digits"])
     assert measured == pytest.approx([accuracy(cnn, test_split), accuracy(mlp, test_split)])
+    first = test_split.images[:1000], test_split.labels[:1000]
+    shifted = list(table["accuracy, first 1,000 test digits shifted 4 px right"])
+    assert shifted == pytest.approx([shifted_accuracy(m, *first, dx=4) for m in (cnn, mlp)])
     assert list(table["parameters"]) == [sum(p.numel() for p in m.parameters()) for m in (cnn, mlp)]
     assert "shift_comparison" in chart_keys(at)
+    # the text names the set behind each figure, and the MLP's width comes from the shipped MLP itself
+    text = all_text(at)
+    assert f"On the first 1,000 test digits, unshifted, the CNN gets {shifted_accuracy(cnn, *first):.1%}" in text
+    assert f"one hidden layer of {mlp.fc1.out_features} units" in text
 
 
-def test_ann_page_without_data_says_so(tmp_path):
-    at = run(ANN_VS_CNN, ann_data=str(tmp_path))
-    assert not at.exception
-    assert any("Cannot measure the two networks" in i.value for i in at.info)
+def test_ann_page_takes_no_path_from_the_visitor():
+    at = run(ANN_VS_CNN)
+    assert [t.key for t in at.text_input] == ["mlp_widths"]  # the only text box: the MLP's widths
 
 
-@pytest.mark.parametrize("bad", ["abc", "0", "128, -5", "1, 2, 3, 4", ""])
-def test_ann_page_rejects_bad_widths_with_a_message(bad):
+@pytest.mark.parametrize("bad, words", [("abc", "is not a whole number"), ("0", "between 1 and"),
+                                        ("128, -5", "'-5' is negative"), ("1, 2, 3, 4", "at most 3"),
+                                        ("", "at least one"), ("9" * 5000, "between 1 and 100,000")])
+def test_ann_page_rejects_bad_widths_with_a_message(bad, words):
     at = run(ANN_VS_CNN, mlp_widths=bad)
-    assert len(at.error) == 1
+    assert len(at.error) == 1 and words in at.error[0].value, [e.value for e in at.error]
+    assert len(at.error[0].value) < 200  # a sentence, not the echo of a 5,000-digit number
     assert not [m for m in at.metric if m.label.startswith("MLP, ")]
     # the rest of the page still renders
     assert "article this app follows" in all_text(at)
@@ -193,34 +205,51 @@ def test_ann_page_rejects_bad_widths_with_a_message(bad):
 # --- Model --------------------------------------------------------------------------------------------
 
 
-def test_model_page_measures_the_shipped_model(data_dir, test_split, shipped):
+def test_model_page_measures_the_shipped_model(test_split, shipped):
+    import ui.state
+
     expected = evaluate(shipped.model, test_split)
     correct = int((expected.predictions == test_split.labels).sum())
-    at = run(MODEL, mnist_folder=str(data_dir))
-    assert not at.error
-    assert metric(at, "Test accuracy (measured now)") == f"{expected.accuracy:.2%}"
-    assert metric(at, "Correct") == f"{correct:,} of {len(test_split):,}"
+    at = AppTest.from_file(MODEL, default_timeout=180)
+    at.session_state[ui.state.MODEL_KEY] = ui.state.SHIPPED_ID
+    at.run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric if m.label == "Accuracy (measured)"][0] == f"{expected.accuracy:.2%}"
+    assert [m.value for m in at.metric if m.label == "Correct"][0] == f"{correct:,} of {len(test_split):,}"
     assert metric(at, "Parameters") == f"{shipped.card['parameters']:,}"
-    assert f"**{shipped.name}**" in all_text(at)
     assert shipped.card["sha256"] in all_text(at)
-    assert {"confusion", "per_class"} <= chart_keys(at)
-    confusion = json.loads([c for c in at.get("plotly_chart") if c.key == "confusion"][0].proto.spec)
+    assert {"mnist_confusion", "mnist_per_class"} <= chart_keys(at)
+    confusion = json.loads([c for c in at.get("plotly_chart") if c.key == "mnist_confusion"][0].proto.spec)
     assert [[int(v) for v in row] for row in confusion["data"][0]["text"]] == expected.confusion.tolist()
     # the misclassified grid: the most confident mistakes, in order, with true and predicted labels
-    captions = [c for img in at.get("image") for c in img.captions]
+    captions = [c for img in at.get("image") for c in img.captions if c.endswith(tuple("0123456789"))]
     shown = expected.misclassified[:24].tolist()
-    assert len(captions) == len(shown)
-    for caption, i in zip(captions, shown):
+    mnist_captions = captions[:len(shown)]
+    for caption, i in zip(mnist_captions, shown):
         assert caption.startswith(f"{int(test_split.labels[i])} → {int(expected.predictions[i])} ")
         assert caption.endswith(f"#{i}")
+    # the per-class axis says where it starts
+    assert any("The axis starts at" in c.value for c in at.caption)
 
 
-def test_model_page_without_mnist_says_so(tmp_path, shipped):
-    at = run(MODEL, mnist_folder=str(tmp_path))
-    assert at.error and str(tmp_path) in at.error[0].value
-    assert "Test accuracy (measured now)" not in [m.label for m in at.metric]
-    # the model card needs no data and is still there
-    assert metric(at, "Parameters") == f"{shipped.card['parameters']:,}"
+def test_model_page_takes_no_path_from_the_visitor():
+    at = run(MODEL)
+    assert not at.text_input, [t.key for t in at.text_input]
+
+
+def test_a_mistake_opens_in_the_explorer(test_split, shipped):
+    import ui.state
+
+    expected = evaluate(shipped.model, test_split)
+    at = AppTest.from_file(MODEL, default_timeout=180)
+    at.session_state[ui.state.MODEL_KEY] = ui.state.SHIPPED_ID
+    at.run()
+    at.button(key="mnist_open").click().run()
+    assert not at.exception
+    first = int(expected.misclassified[0])
+    digit = at.session_state[ui.state.DIGIT_KEY]
+    assert (digit.pixels == test_split.images[first].numpy() / 255).all()
+    assert f"#{first}" in digit.source
 
 
 def test_training_curves_read_the_history_train_writes():
@@ -256,11 +285,15 @@ def test_model_page_shows_a_full_card_with_its_history(monkeypatch, tmp_path, sh
     monkeypatch.setattr(ui.state, "load_checkpoint", load_with_full_card)
     ui.state._load.clear()  # the cached shipped model must not answer for the patched loader
     try:
-        at = run(MODEL, mnist_folder=str(tmp_path))
+        at = AppTest.from_file(MODEL, default_timeout=180)
+        at.session_state[ui.state.MODEL_KEY] = ui.state.SHIPPED_ID
+        at.run()
+        assert not at.exception
     finally:
         ui.state._load.clear()  # later tests get the real card again
     text = all_text(at)
-    assert f"`{extra['command']}`" in text and "**Seed**: 7" in text and "10,000 digits from `D/train`" in text
+    assert f"`{plain(extra['command'], limit=300)}`" in text and "**Seed**: 7" in text
+    assert f"10,000 digits from `{plain('D/train')}`" in text
     assert metric(at, "Epochs") == "2"
     fig = json.loads([c for c in at.get("plotly_chart") if c.key == "training_curves"][0].proto.spec)
     loss = [t for t in fig["data"] if t["name"] == "loss"][0]

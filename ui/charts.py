@@ -106,10 +106,15 @@ def confusion_heatmap(confusion, height: int = 440) -> go.Figure:
     return fig
 
 
+def per_class_floor(*per_class: Sequence[float]) -> float:
+    """Where a per-class accuracy axis starts: 5 points below the weakest class, at least 0 (the page says so)."""
+    return max(0.0, min((float(v) for values in per_class for v in values), default=0.0) - 0.05)
+
+
 def per_class_bars(per_class: Sequence[float], height: int = 300) -> go.Figure:
-    """Accuracy of each digit class as bars, zoomed to where the bars differ."""
+    """Accuracy of each digit class as bars, zoomed to where the bars differ (from :func:`per_class_floor`)."""
     values = [float(v) for v in per_class]
-    low = max(0.0, min(values, default=0.0) - 0.05)
+    low = per_class_floor(values)
     # Ticks only up to 100%: the axis goes a little higher to leave room for the labels above the bars.
     step = next(s for s in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25) if (1.0 - low) / s <= 5)
     ticks = [round(1.0 - k * step, 4) for k in range(int((1.0 - low) / step + 1e-9) + 1)]
@@ -135,4 +140,18 @@ def shift_comparison(shifts: Sequence[int], curves: Mapping[str, Sequence[float]
                       yaxis=dict(title="test accuracy", tickformat=".0%",
                                  range=[accuracy_floor([v for acc in curves.values() for v in acc]), 1.02]),
                       legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def per_class_comparison(curves: Mapping[str, Sequence[float]], height: int = 320) -> go.Figure:
+    """Per-class accuracy of several models as grouped bars, the axis starting at :func:`per_class_floor`."""
+    low = per_class_floor(*curves.values())
+    fig = go.Figure()
+    for (name, values), colour in zip(curves.items(), [CNN_COLOUR, SECOND_COLOUR, MLP_COLOUR, "#54a24b"]):
+        fig.add_trace(go.Bar(x=[str(d) for d in range(len(values))], y=[float(v) for v in values], name=name,
+                             marker_color=colour, hovertemplate=f"{name}, digit %{{x}}: %{{y:.1%}}<extra></extra>"))
+    fig.update_layout(height=height, barmode="group", margin=dict(l=10, r=10, t=30, b=10), dragmode=False,
+                      yaxis=dict(tickformat=".0%", range=[low, 1.0], fixedrange=True, title="accuracy"),
+                      xaxis=dict(title="true digit", type="category", fixedrange=True),
+                      legend=dict(orientation="h", y=-0.3, yanchor="top", x=0.5, xanchor="center"))
     return fig

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+from functools import lru_cache
 
 import numpy as np
+import plotly.colors as pcolors
 import plotly.graph_objects as go
+from PIL import Image
 
+PLOT_CONFIG = {"displayModeBar": False}  # every chart of the app: no Plotly toolbar over the figures
 PROB_COLOUR = "#4c78a8"
 TOP_COLOUR = "#e45756"
 DIVERGING = "RdBu_r"  # blue negative, white zero, red positive (with zmid=0)
@@ -77,29 +83,71 @@ def _tile_origin(channel: int, h: int, w: int, cols: int, gap: int = 1) -> tuple
     return r * (h + gap), k * (w + gap)
 
 
+def colour_lut(colorscale: str, n: int = 256) -> np.ndarray:
+    """``n`` RGB colours (uint8, n x 3) sampled evenly along a Plotly colour scale, low to high."""
+    return _colour_lut(colorscale, n)
+
+
+@lru_cache(maxsize=16)
+def _colour_lut(colorscale: str, n: int) -> np.ndarray:
+    scale = pcolors.get_colorscale(colorscale)
+    samples = pcolors.sample_colorscale(scale, [i / (n - 1) for i in range(n)], colortype="tuple")
+    rgb = np.array(samples, dtype=float)
+    rgb = rgb * 255 if rgb.max() <= 1.0 else rgb
+    out = np.rint(rgb).astype(np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+def coloured(z: np.ndarray, colorscale: str, zmin: float, zmax: float, gap: tuple[int, int, int] = (255, 255, 255),
+             ) -> np.ndarray:
+    """A 2-D array (NaN = gap) as an RGB uint8 image on ``colorscale`` from ``zmin`` to ``zmax``."""
+    lut = colour_lut(colorscale)
+    span = zmax - zmin if zmax > zmin else 1.0
+    t = np.clip((np.nan_to_num(z, nan=zmin) - zmin) / span, 0.0, 1.0)
+    rgb = lut[np.rint(t * (len(lut) - 1)).astype(np.intp)]
+    rgb[np.isnan(z)] = gap
+    return rgb
+
+
+def png_uri(rgb: np.ndarray) -> str:
+    """An RGB uint8 image as a PNG data URI."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def feature_map_grid(maps, cols: int = 8, title: str = "", colorscale: str = "Viridis",
                      zmid: float | None = None, selected: int | None = None,
                      clickable: bool = False) -> go.Figure:
-    """All feature maps of a layer as one tiled heatmap (one trace: fast to draw), channels labelled.
+    """All feature maps of a layer as one tiled picture, channels labelled, one colour scale for all tiles.
 
-    ``selected`` outlines that channel's tile. ``clickable`` lays one invisible point on the
-    centre of each tile, so that a click selects the tile under the pointer (Streamlit reports
-    no selection for heatmap cells, only for points); read the click back with
-    :func:`channel_from_selection`.
+    The tiles are sent as one PNG image (a few kB), not as a heatmap of thousands of cells: a page shows
+    a hundred maps and reruns on every click. ``zmid`` centres the scale (0 for a diverging scale).
+    ``selected`` outlines that channel's tile. ``clickable`` lays one invisible point on the centre of
+    each tile, so that a click selects the tile under the pointer; read the click back with
+    :func:`channel_from_selection`. Cell (row, col) of :func:`mosaic` is at y=row, x=col.
     """
-    m = _array(maps)
+    m = _array(maps).astype(float)
     c, h, w = m.shape
     z = mosaic(m, cols)
     rows = math.ceil(c / cols)
-    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, zmid=zmid, hoverongaps=False,
-                               colorbar=dict(thickness=10),
-                               hovertemplate="value %{z:.3f}<extra></extra>"))
-    # Channel numbers as one text trace: one annotation per tile would take a second to build for 64 tiles.
+    finite = m[np.isfinite(m)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if zmid is not None:
+        limit = max(abs(lo - zmid), abs(hi - zmid)) or 1.0
+        lo, hi = zmid - limit, zmid + limit
+    # zsmooth=False: the browser draws the small image with square pixels instead of blurring it.
+    fig = go.Figure(go.Image(source=png_uri(coloured(z, colorscale, lo, hi)), zsmooth=False, hoverinfo="skip"))
+    # The colour bar: an invisible point that carries the scale (an image trace has none).
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker=dict(colorscale=colorscale, cmin=lo, cmax=hi, color=[lo], showscale=True,
+                                         colorbar=dict(thickness=10))))
     origins = [_tile_origin(i, h, w, cols) for i in range(c)]
-    fig.add_trace(go.Scatter(x=[left for _, left in origins], y=[top for top, _ in origins],
+    fig.add_trace(go.Scatter(x=[left - 0.5 for _, left in origins], y=[top - 0.5 for top, _ in origins],
                              mode="text", text=[str(i) for i in range(c)], textposition="bottom right",
-                             textfont=dict(size=9, color="white", shadow="auto"), hoverinfo="skip",
-                             showlegend=False))
+                             textfont=dict(size=12 if w >= 7 else 10, color="white", shadow="1px 1px 2px black"),
+                             hoverinfo="skip", showlegend=False))
     if selected is not None and 0 <= selected < c:
         top, left = _tile_origin(selected, h, w, cols)
         fig.add_shape(type="rect", x0=left - 0.5, x1=left + w - 0.5, y0=top - 0.5, y1=top + h - 0.5,
@@ -113,7 +161,6 @@ def feature_map_grid(maps, cols: int = 8, title: str = "", colorscale: str = "Vi
             hovertemplate="channel %{customdata[0]:.0f} (max %{customdata[1]:.2f})<br>"
                           "click to look closer<extra></extra>",
         ))
-        fig.data[0].hoverinfo = "skip"  # the tile's point answers hover and clicks
         # No distance cutoff: a click anywhere on a tile picks the nearest centre, i.e. that tile.
         fig.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select")
     height_cells, width_cells = z.shape
@@ -123,7 +170,7 @@ def feature_map_grid(maps, cols: int = 8, title: str = "", colorscale: str = "Vi
                      showgrid=False, zeroline=False, fixedrange=True)
     cell = 60 if w >= 14 else 45
     fig.update_layout(height=max(200, rows * cell + 60), margin=dict(l=5, r=5, t=30 if title else 5, b=5),
-                      title=title or None, dragmode=False)
+                      title=title or None, dragmode=False, plot_bgcolor="white")
     return fig
 
 

@@ -17,3 +17,9 @@ def plain(text: object, limit: int = MAX_NAME) -> str:
     if len(one_line) > limit:
         one_line = one_line[: limit - 1] + "…"
     return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+
+
+def shape_text(shape: tuple[int, ...], sep: str = " × ", brackets: str = "") -> str:
+    """A tensor shape in words: ``32 × 28 × 28`` by default, ``(32, 28, 28)`` with sep=", " and brackets="()"."""
+    body = sep.join(str(d) for d in shape)
+    return f"{brackets[0]}{body}{brackets[1]}" if len(brackets) == 2 else body
