@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .model import ModelConfig, build_model, config_from_dict
 from .paths import MODELS_DIR
 
 MAX_WEIGHTS_BYTES = 64 * 1024 * 1024
+MAX_CARD_BYTES = 1_000_000  # a card with its history is about 12 kB
 SHIPPED_WEIGHTS = MODELS_DIR / "mnist_cnn.pt"
 SHIPPED_MLP_WEIGHTS = MODELS_DIR / "mnist_mlp.pt"
 
@@ -126,16 +128,24 @@ def save_checkpoint(model: nn.Module, config: ModelConfig, weights_path: str | P
 
 
 def parse_card(card_bytes: bytes, where: str = "model card") -> dict:
-    """Parse a model card's JSON and check it has what loading needs."""
+    """Parse a model card's JSON and check it has what loading needs (its architecture is checked on loading)."""
+    if len(card_bytes) > MAX_CARD_BYTES:
+        raise WeightsError(f"{where} is {len(card_bytes):,} bytes; a model card is at most {MAX_CARD_BYTES:,}")
     try:
         card = json.loads(card_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{where} is not valid JSON: {e}") from e
+        raise WeightsError(f"{where} is not valid JSON: {str(e)[:200]}") from e
+    except RecursionError:  # e.g. 200,000 nested brackets: the parser gives up before we could look
+        raise WeightsError(f"{where} is nested too deeply to be a model card") from None
     if not isinstance(card, dict):
         raise WeightsError(f"{where} must be a JSON object")
     for key in ("architecture", "sha256"):
         if key not in card:
             raise WeightsError(f"{where} has no '{key}' entry")
+    if not (isinstance(card["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", card["sha256"])):
+        raise WeightsError(f"{where}: 'sha256' must be 64 lowercase hexadecimal digits")
+    if not isinstance(card["architecture"], dict):
+        raise WeightsError(f"{where}: 'architecture' must be a JSON object")
     return card
 
 

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from cnn_core.architecture import layer_table, output_size, receptive_field
 from cnn_core.model import CNNConfig, MnistCNN
@@ -30,7 +31,15 @@ def test_receptive_field_sizes(layer, size):
 
 def test_receptive_field_positions_and_clipping():
     m = MnistCNN()
-    assert receptive_field(m, "conv1", 0, 0).clipped() == receptive_field(m, "conv1", 0, 0).clipped()
+    # Independent oracle: the input pixels whose change moves conv1's output (0, 0), found by autograd.
+    x = torch.zeros(1, 1, 28, 28, requires_grad=True)
+    m.conv1(x)[0, 0, 0, 0].backward()
+    rows, cols = torch.nonzero(m.conv1.weight[0, 0] != 0, as_tuple=True)
+    assert len(rows) == 9  # every weight of the random filter is non-zero: all 9 cells count
+    seen = torch.nonzero(x.grad[0, 0] != 0)
+    found = receptive_field(m, "conv1", 0, 0).clipped()
+    assert (found.top, found.bottom, found.left, found.right) == (
+        int(seen[:, 0].min()), int(seen[:, 0].max()), int(seen[:, 1].min()), int(seen[:, 1].max()))
     r = receptive_field(m, "conv1", 0, 0)
     assert (r.top, r.left, r.bottom, r.right) == (-1, -1, 1, 1)  # one row/col of zero padding
     assert (r.clipped().top, r.clipped().height) == (0, 2)

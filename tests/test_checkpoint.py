@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 import resource
 import struct
 import zipfile
@@ -202,15 +203,42 @@ def test_card_with_an_invalid_architecture(saved, arch):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("huge", [{"hidden": 10**6}, {"conv2_channels": 10**5}, {"hidden": 10**12}])
-def test_card_asking_for_a_huge_network_is_refused_without_allocating_it(saved, huge):
+@pytest.mark.parametrize("huge, words", [
+    ({"hidden": 10**6}, "hidden width must be between 1 and 1024"),
+    ({"conv2_channels": 10**5}, "conv2 filters must be between 1 and 128"),
+    ({"hidden": 10**12}, "hidden width must be between"),
+    # Still 421,642 parameters, but every feature map 1,026 x 1,026: gigabytes of activations per digit.
+    ({"padding": 500}, "padding must be between 0 and 3"),
+    ({"conv2_channels": 128, "hidden": 1024}, "parameters; the limit is 4,000,000"),
+    ({"dropout": float("nan")}, "dropout must be a finite number"),
+    ({"dropout": 1.0}, "dropout must be between 0.0 and 0.9"),
+    ({"kernel_size": True}, "kernel size must be a whole number"),
+    ({"pool": ["max"]}, "pooling must be"),
+])
+def test_card_asking_for_a_costly_network_is_refused_without_allocating_it(saved, huge, words):
     """A card (e.g. uploaded on the Train page) must not make the server allocate gigabytes before refusing."""
     path, card, _ = saved
     card_path_for(path).write_text(json.dumps(dict(card, architecture=dict(card["architecture"], **huge))))
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(WeightsError, match="parameters do not fit"):
+    with pytest.raises(WeightsError, match=re.escape(words)):
         load_checkpoint(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 200 * 1024  # KiB: < 200 MiB
+
+
+def test_a_deep_mlp_of_the_same_size_is_refused(saved):
+    """2,000 hidden layers (the issue's 421,642-parameter MLP) would make pages draw 1,550 charts."""
+    path, card, _ = saved
+    card_path_for(path).write_text(json.dumps(dict(card, architecture={"kind": "mlp", "hidden": [10] * 2000})))
+    with pytest.raises(WeightsError, match="1 to 4 numbers"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000 + b"]" * 200_000, b'{"a": ' * 100_000 + b"1" + b"}" * 100_000])
+def test_a_deeply_nested_card_is_refused_with_a_sentence(saved, body):
+    path, _, _ = saved
+    card_path_for(path).write_bytes(body)
+    with pytest.raises(WeightsError, match="nested too deeply|at most"):
+        load_checkpoint(path)
 
 
 # --------------------------------------------------------------------------- code in pickles
@@ -516,3 +544,20 @@ def test_the_scan_catches_an_unsafe_load():
         "torch.load(f)\ntorch.load(f, weights_only=False)\ntorch.load(\n  f,\n  weights_only=True)\npickle.loads(b)"))
     assert n == 3
     assert len(unsafe) == 3
+
+
+def test_identity_names_the_architecture_and_every_weight(saved):
+    """Caches shared between sessions key on identity: the same weights under another architecture differ."""
+    path, card, _ = saved
+    first = load_checkpoint(path)
+    assert load_checkpoint(path).identity == first.identity  # the same file: the same model
+    card_path_for(path).write_text(json.dumps(dict(card, architecture=dict(card["architecture"], pool="avg",
+                                                                            hidden_relu=True))))
+    other = load_checkpoint(path)  # the same weights file (same sha256), another architecture
+    assert other.card["sha256"] == first.card["sha256"]
+    assert other.identity != first.identity
+    changed = build_model(first.config)
+    changed.load_state_dict(first.model.state_dict())
+    with torch.no_grad():
+        changed.fc2.bias[3] += 1e-6  # one weight, barely moved
+    assert checkpoint.model_identity(first.config, changed) != first.identity

@@ -51,7 +51,8 @@ def test_threads_tracing_through_one_shared_model(shipped, test_split):
     model = shipped.model
     inputs = [normalise(p) for p in distinct_digits(test_split, THREADS)]
     expected = [trace(model, x) for x in inputs]  # single-threaded, before any concurrency
-    assert len({t.probabilities.argmax().item() for t in expected} | {0}) > 1  # not all the same answer
+    # The digits cover every class and the network reads them: the threads get different answers to keep apart.
+    assert len({t.prediction for t in expected}) >= 9
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
     start = threading.Barrier(THREADS)
 

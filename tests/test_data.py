@@ -75,3 +75,29 @@ def test_truncated_file(tmp_path):
     bad.write_bytes(b"not gzip at all")
     with pytest.raises(MnistDataError, match="cannot read"):
         read_idx(bad, 2049)
+
+
+@pytest.mark.parametrize("n, words", [(100_000, "100000 images but .* 10 labels"), (1_000_000, "the limit is")])
+def test_a_small_file_declaring_many_images_is_refused_before_inflating(tmp_path, n, words):
+    """A header that disagrees with the labels' header, or declares too much, is refused from the headers alone."""
+    import resource
+
+    header = struct.pack(">IIII", 2051, n, 28, 28)
+    z = gzip.compress(header + bytes(28 * 28) * n, compresslevel=9)  # ~760 kB per million images
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(z)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(10, np.uint8), 2049, compress=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(MnistDataError, match=words):
+        load_mnist(tmp_path, "train")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 * 1024  # KiB: nothing was inflated
+
+
+def test_a_corrupt_deflate_stream_is_a_data_error(tmp_path):
+    make_folder(tmp_path, compress=True)
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = bytearray(p.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 30] = bytes(range(30))  # garbage in the middle of the compressed data
+    p.write_bytes(bytes(raw))
+    with pytest.raises(MnistDataError, match="cannot read|declares shape"):
+        load_mnist(tmp_path, "train")
