@@ -24,11 +24,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from cnn_core.data import load_mnist  # noqa: E402
-from cnn_core.samples import data_dir  # noqa: E402
-from ui.state import DIGIT_KEY, Digit  # noqa: E402
+from cnn_core.data import load_mnist
+from cnn_core.paths import BUNDLED_MNIST_DIR
+from ui.state import DIGIT_KEY, Digit
 
 PAGES = ["app.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))]
 
@@ -53,7 +53,7 @@ def time_page(page: str, digits: list[np.ndarray]) -> tuple[float, list[float]]:
 def main() -> None:
     logging.getLogger("streamlit").setLevel(logging.ERROR)  # AppTest's "missing ScriptRunContext" noise
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(data_dir()))
+    p.add_argument("--data", default=str(BUNDLED_MNIST_DIR), help="folder with MNIST test files")
     p.add_argument("--digits", type=int, default=15, help="different inputs per page")
     p.add_argument("--pages", nargs="*", default=PAGES, help="page files, relative to the project root")
     a = p.parse_args()

@@ -19,12 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnn_core.checkpoint import load_checkpoint  # noqa: E402
-from cnn_core.data import load_mnist, to_input  # noqa: E402
-from cnn_core.introspect import trace  # noqa: E402
-from cnn_core.model import CNNConfig  # noqa: E402
-from cnn_core.samples import data_dir  # noqa: E402
-from cnn_core.train import TrainConfig, train_model  # noqa: E402
+from cnn_core.checkpoint import load_checkpoint
+from cnn_core.data import load_mnist, to_input
+from cnn_core.introspect import trace
+from cnn_core.model import CNNConfig
+from cnn_core.paths import BUNDLED_MNIST_DIR, training_data_dir
+from cnn_core.train import TrainConfig, train_model
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -35,7 +35,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(data_dir()))
+    p.add_argument("--data", default=None, help="MNIST folder with a train split (default: the server's training "
+                   "data); the trace timings use the bundled test digits")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = one core)")
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--train-size", type=int, default=10_000, help="digits for the one-epoch timing")
@@ -43,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     model = load_checkpoint().model
-    test = load_mnist(a.data, "test")
+    test = load_mnist(BUNDLED_MNIST_DIR, "test")
     x = to_input(test.images[: a.calls])
 
     for i in range(10):  # warm-up
@@ -66,10 +67,14 @@ def main() -> None:
         dt = (time.perf_counter() - t0) / 3
     print(f"batched inference, batch 1000: {1000 / dt:,.0f} images/s")
 
-    train = load_mnist(a.data, "train")
-    t0 = time.perf_counter()
-    train_model(CNNConfig(), train, None, TrainConfig(epochs=1, train_size=a.train_size))
-    print(f"training: {time.perf_counter() - t0:.1f} s per epoch of {min(a.train_size, len(train)):,} digits")
+    folder = a.data or training_data_dir()
+    if folder is None:
+        print("training: skipped (no MNIST training data: pass --data or set CNN_EXPLORER_DATA)")
+    else:
+        train = load_mnist(folder, "train")
+        t0 = time.perf_counter()
+        train_model(CNNConfig(), train, None, TrainConfig(epochs=1, train_size=a.train_size))
+        print(f"training: {time.perf_counter() - t0:.1f} s per epoch of {min(a.train_size, len(train)):,} digits")
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak:.0f} MiB")

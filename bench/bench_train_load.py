@@ -27,17 +27,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
+import numpy as np
+import torch
+from streamlit.testing.v1 import AppTest
 
-from cnn_core.data import load_mnist, take  # noqa: E402
-from cnn_core.jobs import NICE, TrainingJob  # noqa: E402
-from cnn_core.model import CNNConfig  # noqa: E402
-from cnn_core.samples import data_dir, load_samples  # noqa: E402
-from cnn_core.train import TrainConfig  # noqa: E402
-from ui.state import DIGIT_KEY, Digit  # noqa: E402
-
+from cnn_core.data import load_mnist, take
+from cnn_core.jobs import NICE, TrainingJob
+from cnn_core.model import CNNConfig
+from cnn_core.paths import BUNDLED_MNIST_DIR, training_data_dir
+from cnn_core.samples import load_samples
+from cnn_core.train import TrainConfig
+from ui.state import DIGIT_KEY, Digit
 
 WARM_UP = 10
 
@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.ERROR)
     idle_before = render_times(at, inputs, a.renders)
 
-    folder = data_dir()
-    train, test = load_mnist(folder, "train"), take(load_mnist(folder, "test"), 2000)
+    folder = training_data_dir()
+    if folder is None:
+        raise SystemExit("no MNIST training data: set CNN_EXPLORER_DATA or put ../shared/data/mnist beside the project")
+    train, test = load_mnist(folder, "train"), take(load_mnist(BUNDLED_MNIST_DIR, "test"), 2000)
     job = TrainingJob(CNNConfig(), train, test, TrainConfig(epochs=1, batch_size=32, train_size=a.train_size,
                                                             augment=False), name="bench", nice=a.nice).start()
     while job.snapshot().fraction == 0 and not job.snapshot().finished:
