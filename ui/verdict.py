@@ -10,7 +10,8 @@ import torch
 
 from cnn_core.checkpoint import LoadedModel
 from cnn_core.introspect import Trace
-from ui.state import Digit
+from cnn_core.uncertainty import Uncertainty, UncertaintyError, assess, load_uncertainty
+from ui.state import Digit, shipped_model_paths
 
 UNSURE_BELOW = 0.6  # a top probability under this is called unsure on the page
 
@@ -39,24 +40,17 @@ class Verdict:
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _uncertainty(identity: str, weights_path: str | None, _loaded: LoadedModel):
-    """The model's calibration and out-of-distribution statistics, when it ships with them (else None)."""
+def _uncertainty(identity: str, weights_path: str | None) -> Uncertainty | None:
+    """The calibration and out-of-distribution statistics shipped beside a model's weights (None without).
+
+    Keyed by the model's identity too: the statistics are used only with the model loaded from that file.
+    """
     if weights_path is None:
         return None
     try:
-        from cnn_core.uncertainty import load_uncertainty
-    except ImportError:
-        return None
-    try:
-        return load_uncertainty(weights_path, _loaded)
-    except (OSError, ValueError):
-        return None
-
-
-def _weights_path(model_id: str) -> str | None:
-    from ui.state import shipped_model_paths
-
-    return shipped_model_paths().get(model_id)
+        return load_uncertainty(weights_path)
+    except UncertaintyError:
+        return None  # a missing or changed statistics file: answer without calibration rather than wrongly
 
 
 def verdict_for(loaded: LoadedModel, model_id: str, digit: Digit, trace: Trace) -> Verdict:
@@ -64,12 +58,9 @@ def verdict_for(loaded: LoadedModel, model_id: str, digit: Digit, trace: Trace) 
     them, the preprocessing's remarks (several marks), and "unsure" under UNSURE_BELOW."""
     probabilities = trace.probabilities.numpy().astype(float)
     calibrated, unusual = False, False
-    stats = _uncertainty(loaded.identity, _weights_path(model_id), loaded)
+    stats = _uncertainty(loaded.identity, shipped_model_paths().get(model_id))
     if stats is not None:
-        from cnn_core.uncertainty import assess
-
-        assessment = assess(loaded.model, stats, trace.input.unsqueeze(0) if trace.input.dim() == 3
-                            else torch.as_tensor(trace.input))
+        assessment = assess(loaded.model, stats, trace.input)
         probabilities = np.asarray(assessment.probabilities, dtype=float).reshape(-1)
         calibrated, unusual = True, bool(assessment.unusual)
     prediction = int(probabilities.argmax())
