@@ -56,9 +56,9 @@ HIDE_CANVAS_TOOLBAR = """
   if (window.__cnnExplorerToolbar) return;
   window.__cnnExplorerToolbar = true;
   const hide = () => {
-    for (const host of document.querySelectorAll('[data-testid^="stBidiComponent"], [data-testid^="stBidiComponent"] *')) {
+    for (const host of document.querySelectorAll('[data-testid="stElementContainer"] div')) {
       const root = host.shadowRoot;
-      if (root && !root.querySelector('style[data-cnn-explorer]')) {
+      if (root && root.querySelector('.dc-toolbar') && !root.querySelector('style[data-cnn-explorer]')) {
         const style = document.createElement('style');
         style.dataset.cnnExplorer = 'toolbar';
         style.textContent = '.dc-toolbar { display: none !important; }';
@@ -67,7 +67,10 @@ HIDE_CANVAS_TOOLBAR = """
     }
   };
   hide();
+  // The component attaches its shadow root after it is added to the page, which no observer of the page
+  // sees: look again on every change of the page and four times a second.
   new MutationObserver(hide).observe(document.body, {childList: true, subtree: true});
+  setInterval(hide, 250);
 })();
 </script>
 """

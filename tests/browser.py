@@ -131,6 +131,13 @@ def start_streamlit(script: str = "app.py", timeout_s: float = SERVER_START_TIME
     pytest.fail(f"streamlit was not healthy at {server.url} after {timeout_s:.0f} s:\n{log}")
 
 
+def default_weights() -> str:
+    """The weights file of the model the home page answers with (the default shipped model)."""
+    from ui.state import default_model_id, shipped_model_paths
+
+    return shipped_model_paths()[default_model_id()]
+
+
 # --------------------------------------------------------------------------- the browser
 
 
@@ -243,7 +250,7 @@ class ScriptRuns:
             return
         try:
             msg = self._parse(payload)
-        except Exception:  # noqa: BLE001 - not a ForwardMsg: nothing to count
+        except Exception:
             return
         if msg.WhichOneof("type") == "script_finished":
             self.finished += 1

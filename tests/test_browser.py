@@ -23,19 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import (
     DOCS_SCREENSHOT_DIR,
     SCREENSHOT_DIR,
     TIMEOUT_MS,
     VIEWPORT,
     assert_no_errors,
+    default_weights,
+    discover_pages,
     follow_script_runs,
     script_rerun,
-    discover_pages,
     wait_for_script_idle,
 )
+from PIL import Image
 
 try:
     from playwright.sync_api import expect
@@ -94,7 +94,7 @@ def page(request, browser, app_server, screenshot_dir):
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
         try:
             pg.screenshot(path=str(screenshot_dir / f"FAILED_{name}.png"), full_page=True)
-        except Exception as e:  # noqa: BLE001 - the test's own failure is what matters
+        except Exception as e:
             print(f"no failure screenshot: {e}")
         print(f"\n--- streamlit log (last 4000 characters) ---\n{app_server.log()[-4000:]}")
     context.close()
@@ -107,7 +107,7 @@ def predict():
     from cnn_core.introspect import trace
     from cnn_core.preprocess import load_image, preprocess
 
-    model = load_checkpoint().model
+    model = load_checkpoint(default_weights()).model
 
     def run(image) -> int:
         if isinstance(image, (bytes, bytearray)):
@@ -166,9 +166,9 @@ def canvas_image(page) -> np.ndarray:
 
 
 def prediction_metric(page):
-    """The value of the st.metric labelled "Prediction" (whatever other metrics the page has)."""
+    """The value of the visible st.metric labelled "Prediction" (the home page has a copy for phones, hidden here)."""
     label = page.get_by_test_id("stMetricLabel").filter(has_text=re.compile(r"^\s*Prediction\s*$"))
-    return page.get_by_test_id("stMetric").filter(has=label).locator(METRIC_VALUE)
+    return page.get_by_test_id("stMetric").filter(has=label).filter(visible=True).locator(METRIC_VALUE)
 
 
 def shown_prediction(page) -> str:
@@ -223,11 +223,13 @@ def write_docs_copy(path: Path) -> Path:
     return out
 
 
-def mnist_test_digit(data_dir: Path, label: int) -> np.ndarray:
-    """The first MNIST test digit of class ``label`` (28x28 uint8, white on black), read straight from the IDX files."""
-    with gzip.open(data_dir / "test-5k-images-idx3-ubyte.gz", "rb") as f:
+def mnist_test_digit(label: int) -> np.ndarray:
+    """The first bundled MNIST test digit of class ``label`` (28x28 uint8, white on black), read from the IDX files."""
+    from cnn_core.paths import BUNDLED_MNIST_DIR
+
+    with gzip.open(BUNDLED_MNIST_DIR / "test-5k-images-idx3-ubyte.gz", "rb") as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(data_dir / "test-5k-labels-idx1-ubyte.gz", "rb") as f:
+    with gzip.open(BUNDLED_MNIST_DIR / "test-5k-labels-idx1-ubyte.gz", "rb") as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     return images[int(np.flatnonzero(labels == label)[0])]
 
@@ -252,10 +254,10 @@ def test_drawn_digit_is_predicted(page, app_server, screenshot_dir, predict, dig
         screenshot(page, "home_drawn.png")
 
 
-def test_uploaded_digit_is_predicted(page, app_server, screenshot_dir, predict, data_dir, tmp_path):
+def test_uploaded_digit_is_predicted(page, app_server, screenshot_dir, predict, tmp_path):
     label = 4
     png = tmp_path / f"mnist_test_{label}.png"
-    Image.fromarray(mnist_test_digit(data_dir, label)).save(png)
+    Image.fromarray(mnist_test_digit(label)).save(png)
     expected = predict(png.read_bytes())
 
     open_home(page, app_server)

@@ -16,23 +16,23 @@ import io
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import (
-    ROOT,
     SCREENSHOT_DIR,
     TIMEOUT_MS,
     assert_no_errors,
+    default_weights,
     follow_script_runs,
     script_rerun,
     wait_for_script_idle,
 )
+from PIL import Image
 
 try:
-    from playwright.sync_api import sync_playwright  # noqa: F401  (skip the module without playwright)
+    from playwright.sync_api import expect
 except ImportError:
     if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
         raise
@@ -56,7 +56,7 @@ def phone(browser, app_server):
 
 
 def real_model_ships() -> bool:
-    card = json.loads((ROOT / "models" / "mnist_cnn.json").read_text())
+    card = json.loads(Path(default_weights()).with_suffix(".json").read_text())
     accuracy = (card.get("metrics") or {}).get("test_accuracy")
     return isinstance(accuracy, (int, float)) and accuracy >= REAL_MODEL_ACCURACY
 
@@ -88,10 +88,15 @@ def canvas_image(page) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
 
 
-def shown_prediction(page) -> str:
+def prediction_value(page):
     label = page.get_by_test_id("stMetricLabel").filter(has_text=re.compile(r"^\s*Prediction\s*$"))
-    value = page.get_by_test_id("stMetric").filter(has=label).get_by_test_id("stMetricValue")
+    return page.get_by_test_id("stMetric").filter(has=label).filter(visible=True).get_by_test_id("stMetricValue")
+
+
+def shown_prediction(page) -> str:
+    value = prediction_value(page)
     value.wait_for(state="visible")
+    assert value.count() == 1, "one Prediction is shown on a phone"
     return value.inner_text().strip()
 
 
@@ -110,7 +115,7 @@ def test_a_finger_drawn_one_is_predicted(phone, app_server):
         touch_stroke(page, ONE)
 
     drawn = canvas_image(page)
-    assert drawn[..., 3].max() > 0, "the touch stroke left no ink on the canvas"
+    assert (drawn[..., 0] > 127).sum() > 100, "the touch stroke left no white ink on the black canvas"
     shown = shown_prediction(page)
     assert_no_errors(page, "the home page after a touch stroke")
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
@@ -118,7 +123,23 @@ def test_a_finger_drawn_one_is_predicted(phone, app_server):
 
     result = preprocess(drawn)
     assert not result.blank
-    expected = trace(load_checkpoint().model, result.tensor).prediction
+    expected = trace(load_checkpoint(default_weights()).model, result.tensor).prediction
     assert shown == str(expected), "the shown prediction is not cnn_core's for the drawing"
     if real_model_ships():
         assert shown == "1", f"drew a 1 with a finger, the app predicts {shown}"
+
+    # After the stroke, the answer and the canvas are both on the screen, with no scrolling.
+    screen = PHONE["viewport"]["height"]
+    answer, canvas = prediction_value(page).bounding_box(), page.locator(CANVAS_INPUT).bounding_box()
+    assert answer is not None and 0 <= answer["y"] and answer["y"] + answer["height"] <= screen, answer
+    assert canvas is not None and canvas["y"] >= answer["y"], "the answer is above the canvas"
+    # Undo and Clear are buttons a finger can reach (the canvas's hover toolbar is hidden).
+    clear = page.get_by_role("button", name="Clear")
+    assert clear.is_visible() and page.get_by_role("button", name="Undo").is_visible()
+    clear.tap()
+    expect(prediction_value(page)).to_have_count(0, timeout=TIMEOUT_MS)
+    for _ in range(TIMEOUT_MS // 100):  # the canvas reloads asynchronously after Clear
+        if (canvas_image(page)[..., 0] > 127).sum() == 0:
+            break
+        page.wait_for_timeout(100)
+    assert (canvas_image(page)[..., 0] > 127).sum() == 0, "Clear left ink on the canvas"
