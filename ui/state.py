@@ -261,9 +261,11 @@ def model_picker() -> LoadedModel:
                      help="The network every page explores. Train your own variant, or upload weights, "
                           "on the **Train your own** page.")
         job = st.session_state.get(TRAINING_JOB_KEY)
-        if job is not None and job.snapshot().running:
-            st.caption(f"Training {plain(job.name)}: {job.snapshot().fraction:.0%} (it joins this list when it is "
-                       "done).")
+        snap = job.snapshot() if job is not None else None
+        if snap is not None and snap.running:
+            st.caption(f"Training {plain(job.name)}: {snap.fraction:.0%} (it joins this list when it is done).")
+        elif snap is not None and getattr(snap, "waiting", False) and snap.place is not None:
+            st.caption(f"{plain(job.name)} waits to train ({snap.place.position} in line).")
     return get_model()
 
 
@@ -410,7 +412,7 @@ def digit_or_sample_picker() -> Digit:
         digit = current_digit()
         if digit is not None:
             st.caption(f"Exploring: {plain(digit.source)}")
-            st.image(_preview(digit.pixels), width=84)
+            st.image(preview(digit.pixels), width=84)
     if digit is None:
         st.info("You have not drawn anything yet: showing a sample digit. Draw your own on the home page, "
                 "or pick another sample in the sidebar.")
@@ -434,7 +436,7 @@ def trace_download_button(digit: Digit, key: str = "sidebar_trace_npz") -> None:
                             "the probabilities: open it with numpy.load.")
 
 
-def _preview(pixels: np.ndarray) -> np.ndarray:
+def preview(pixels: np.ndarray) -> np.ndarray:
     """The 28x28 input as an 8-bit image scaled up with square pixels."""
     img = (np.clip(pixels, 0, 1) * 255).astype(np.uint8)
     return np.kron(img, np.ones((3, 3), dtype=np.uint8))
