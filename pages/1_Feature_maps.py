@@ -134,7 +134,7 @@ def conv_section(row: LayerRow, layer: nn.Conv2d, tr: Trace, ids: tuple) -> int:
                                            colorscale=figures.DIVERGING, zmid=0, height=BIG, showscale=True))
     with kernel_col:
         kernel = layer.weight[channel].detach()
-        b = float(layer.bias[channel]) if layer.bias is not None else 0.0
+        b = float(layer.bias[channel].detach()) if layer.bias is not None else 0.0
         if first:
             show(f"fm_kernel_{row.name}", ("kernel",) + ids[:1] + (row.name, channel),
                  lambda: figures.kernel_heatmap(kernel[0], f"Filter {channel}: its {k}×{k} weights", height=BIG))
