@@ -24,6 +24,9 @@ from .introspect import forward_layers
 from .model import INPUT_SHAPE
 
 SaliencyMethod = Literal["integrated_gradients", "gradient_x_input"]
+IG_TOLERANCE = 0.01  # logit units: how far the attributions may miss the score difference they split
+IG_MAX_STEPS = 2048  # the most points on the path integrated gradients takes (about 2 s of CPU for the CNN)
+IG_BATCH = 128  # images per backward pass: bounds the memory of one saliency map
 
 
 # --------------------------------------------------------------------------- forward passes
@@ -100,6 +103,16 @@ class Saliency:
     method: SaliencyMethod
     logit: float  # the target's score for the image
     baseline_logit: float  # ... and for the all-black image (the reference of integrated gradients)
+    steps: int = 0  # points on the path (integrated gradients); 0 for gradient x input
+
+    @property
+    def completeness_gap(self) -> float:
+        """Sum of the attributions minus (logit - baseline_logit): 0 for exact integrated gradients.
+
+        Integrated gradients is complete in the limit of infinitely many steps; with a finite number
+        of steps the sum misses the score difference by this much.
+        """
+        return float(self.attributions.double().sum()) - (self.logit - self.baseline_logit)
 
 
 def _pixel_logits(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -115,6 +128,21 @@ def _pixel_gradients(model: nn.Module, pixels: torch.Tensor, target: int) -> tup
         logits = _pixel_logits(model, x)[:, target]
         (grad,) = torch.autograd.grad(logits.sum(), x)
     return grad.detach(), logits.detach()
+
+
+def _path_gradient_mean(model: nn.Module, image: torch.Tensor, target: int, steps: int,
+                        batch_size: int = IG_BATCH) -> torch.Tensor:
+    """The gradient of the target's score averaged over ``steps`` midpoints of the path from black to ``image``.
+
+    Run in batches of ``batch_size`` images, so memory stays bounded whatever the number of steps.
+    """
+    alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+    total = torch.zeros(image.shape, dtype=torch.float64)
+    for i in range(0, steps, batch_size):
+        chunk = alphas[i:i + batch_size].float()
+        grad, _ = _pixel_gradients(model, chunk[:, None, None] * image, target)
+        total += grad.double().sum(dim=0)
+    return (total / steps).float()
 
 
 def saliency(model: nn.Module, pixels, target: int | None = None,
@@ -140,12 +168,33 @@ def saliency(model: nn.Module, pixels, target: int | None = None,
     elif method == "integrated_gradients":
         if steps < 1:
             raise ValueError("steps must be at least 1")
-        alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-        grad, _ = _pixel_gradients(model, alphas[:, None, None] * image, chosen)
-        attributions = image * grad.mean(dim=0)
+        attributions = image * _path_gradient_mean(model, image, chosen, steps)
     else:
         raise ValueError(f"unknown saliency method {method!r}")
-    return Saliency(attributions, chosen, method, float(logits[0, chosen]), float(logits[1, chosen]))
+    return Saliency(attributions, chosen, method, float(logits[0, chosen]), float(logits[1, chosen]),
+                    steps if method == "integrated_gradients" else 0)
+
+
+def integrated_gradients(model: nn.Module, pixels, target: int | None = None, tolerance: float = IG_TOLERANCE,
+                         first_steps: int = 32, max_steps: int = IG_MAX_STEPS) -> Saliency:
+    """Integrated gradients with as many steps as completeness needs.
+
+    Starts with ``first_steps`` points on the path and doubles them until the attributions add up to the
+    score difference within ``tolerance`` (logit units: ``abs(result.completeness_gap) <= tolerance``),
+    or ``max_steps`` is reached; the result says how many steps it took and how far off it still is.
+    Doubling is needed because with ReLU and max pooling the gradient jumps along the path, so a
+    fixed number of steps leaves an error that depends on the digit (0.04 and more at 32 steps).
+    """
+    if tolerance <= 0:
+        raise ValueError("tolerance must be positive")
+    if not 1 <= first_steps <= max_steps:
+        raise ValueError("need 1 <= first_steps <= max_steps")
+    steps = first_steps
+    while True:
+        result = saliency(model, pixels, target, "integrated_gradients", steps)
+        if abs(result.completeness_gap) <= tolerance or steps >= max_steps:
+            return result
+        steps = min(steps * 2, max_steps)
 
 
 # --------------------------------------------------------------------------- what if: shifts and thickness

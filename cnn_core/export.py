@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
 from .introspect import Trace
@@ -23,6 +24,7 @@ _NEGATIVE = np.array([33, 102, 172], dtype=np.float64)
 _ZERO = np.array([247, 247, 247], dtype=np.float64)
 _POSITIVE = np.array([178, 24, 43], dtype=np.float64)
 GAP_COLOUR = (255, 255, 255)
+_TEXT = (30, 30, 30)  # labels and titles of a labelled PNG
 
 
 def _numpy(x) -> np.ndarray:
@@ -66,7 +68,8 @@ def _colour(maps: np.ndarray, diverging: bool) -> np.ndarray:
     return np.rint(rgb).astype(np.uint8)
 
 
-def feature_maps_png(maps, cols: int = 8, scale: int = 4, gap: int = 2, diverging: bool | None = None) -> bytes:
+def feature_maps_png(maps, cols: int = 8, scale: int = 4, gap: int = 2, diverging: bool | None = None,
+                     labels: Sequence[str] | None = None, title: str | None = None) -> bytes:
     """Feature maps (C, H, W) (or one (H, W) map) tiled into a PNG, channel 0 at the top left.
 
     Each map is ``scale`` times enlarged with square pixels; tiles are separated by ``gap``
@@ -74,6 +77,10 @@ def feature_maps_png(maps, cols: int = 8, scale: int = 4, gap: int = 2, divergin
     zero when ``diverging`` (the default when there are negative values), else black to white.
     The image is ``cols*W*scale + (cols-1)*gap`` wide, ``rows*H*scale + (rows-1)*gap`` tall
     (``cols`` capped at C, rows as :func:`grid_shape`).
+
+    With ``labels`` (one per map) each tile gets its label written in a white band above it, and
+    with ``title`` a line of text heads the image: a figure that reads on its own, e.g. on a slide.
+    Without them the image is exactly the tiling described above.
     """
     m = _numpy(maps).astype(np.float64)
     if m.ndim == 2:
@@ -96,9 +103,46 @@ def feature_maps_png(maps, cols: int = 8, scale: int = 4, gap: int = 2, divergin
         r, k = divmod(i, cols)
         top, left = r * (tile_h + gap), k * (tile_w + gap)
         out[top:top + tile_h, left:left + tile_w] = np.kron(tiles[i], np.ones((scale, scale, 1), dtype=np.uint8))
+    image = Image.fromarray(out, "RGB")
+    if labels is not None or title is not None:
+        image = _with_labels(image, (rows, cols), (tile_h, tile_w), gap, labels, title)
     buf = io.BytesIO()
-    Image.fromarray(out, "RGB").save(buf, "PNG", optimize=True)
+    image.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (OSError, TypeError, ImportError):  # Pillow without FreeType: its small bitmap font
+        return ImageFont.load_default()
+
+
+def _with_labels(tiled: Image.Image, grid: tuple[int, int], tile: tuple[int, int], gap: int,
+                 labels: Sequence[str] | None, title: str | None) -> Image.Image:
+    """``tiled`` re-laid with a band of text above each row of tiles and a title line above everything."""
+    rows, cols = grid
+    tile_h, tile_w = tile
+    if labels is not None and len(labels) > rows * cols:
+        raise ValueError(f"{len(labels)} labels for {rows * cols} tiles")
+    size = max(12, min(32, tile_w // 7))  # readable on a slide, never wider than a tile for short labels
+    font, title_font = _font(size), _font(round(size * 1.3))
+    band = round(size * 1.5) if labels is not None else 0
+    head = round(size * 2.2) if title else 0
+    out = Image.new("RGB", (tiled.width, head + rows * (band + tile_h) + (rows - 1) * gap), GAP_COLOUR)
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((2, head // 2), title, fill=_TEXT, font=title_font, anchor="lm")
+    for r in range(rows):
+        top = head + r * (band + tile_h + gap)
+        strip = tiled.crop((0, r * (tile_h + gap), tiled.width, r * (tile_h + gap) + tile_h))
+        out.paste(strip, (0, top + band))
+        for k in range(cols):
+            i = r * cols + k
+            if labels is not None and i < len(labels):
+                draw.text((k * (tile_w + gap) + 2, top + band // 2), str(labels[i]), fill=_TEXT, font=font,
+                          anchor="lm")
+    return out
 
 
 def model_files(loaded: LoadedModel, weights_file: str | None = None) -> tuple[bytes, bytes]:

@@ -14,8 +14,7 @@ import os
 import re
 
 import pytest
-
-from browser import (SCREENSHOT_DIR, TIMEOUT_MS, VIEWPORT, assert_no_errors, wait_for_script_idle)
+from browser import SCREENSHOT_DIR, TIMEOUT_MS, VIEWPORT, assert_no_errors, wait_for_script_idle
 
 try:
     from playwright.sync_api import expect

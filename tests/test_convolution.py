@@ -8,9 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_core.convolution import (conv_layer, conv_layer_names, conv_step, filled_map, geometry, index_of,
-                                  layer_input, pad_input, position_at, top_channels, window_origin,
-                                  window_positions)
+from cnn_core.convolution import (
+    conv_layer,
+    conv_layer_names,
+    conv_step,
+    filled_map,
+    geometry,
+    index_of,
+    layer_input,
+    pad_input,
+    position_at,
+    top_channels,
+    window_origin,
+    window_positions,
+)
 from cnn_core.introspect import trace
 from cnn_core.model import CNNConfig, MnistCNN
 from cnn_core.preprocess import normalise

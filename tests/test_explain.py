@@ -10,9 +10,20 @@ import torch.nn.functional as F
 from cnn_core.architecture import Region, layer_table, receptive_field
 from cnn_core.data import take, to_input
 from cnn_core.evaluate import accuracy
-from cnn_core.explain import (cells_in_padding, forward_layers, linear_weight_map, probabilities,
-                              receptive_chain, saliency, shift_accuracy_curve, shift_images, shift_sensitivity,
-                              shifted_accuracy, thicken, top_activating)
+from cnn_core.explain import (
+    cells_in_padding,
+    forward_layers,
+    linear_weight_map,
+    probabilities,
+    receptive_chain,
+    saliency,
+    shift_accuracy_curve,
+    shift_images,
+    shift_sensitivity,
+    shifted_accuracy,
+    thicken,
+    top_activating,
+)
 from cnn_core.introspect import trace
 from cnn_core.preprocess import normalise
 

@@ -1,4 +1,10 @@
-"""The explanation pages (Convolution, Receptive field, Filters, Why this digit), run headless with AppTest."""
+"""The explanation pages (Convolution, Receptive field, Filters, Why this digit), run headless with AppTest.
+
+Expected values come from cnn_core on the same model (trace, receptive_field, top_activating,
+shift_accuracy_curve, forward passes), never from the page's own helpers. Every sentence checked here
+is checked for the shipped CNN and for variants a visitor can train or upload: kernel 5 with average
+pooling, padding 0 with a ReLU after fc1, and a deep MLP.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +13,43 @@ import re
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
+from apptest_helpers import chart, decode
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import chart, decode
-
+from cnn_core import explain, measure
 from cnn_core.architecture import receptive_field
 from cnn_core.checkpoint import LoadedModel
+from cnn_core.convolution import conv_layer_names
 from cnn_core.data import take
-from cnn_core.evaluate import accuracy
-from cnn_core.explain import cells_in_padding, top_activating
-from cnn_core.introspect import trace
-from cnn_core.model import CNNConfig, MLPConfig, build_model
+from cnn_core.explain import IG_MAX_STEPS, IG_TOLERANCE, cells_in_padding, integrated_gradients, top_activating
+from cnn_core.introspect import forward_layers, trace
+from cnn_core.model import CNNConfig, MLPConfig, build_model, count_parameters
 from cnn_core.preprocess import normalise
 from ui import explain_figures as xf
-from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY, Digit, model_id_of
+from ui.figures import DIVERGING
+from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY, SHIPPED_ID, Digit, model_id_of
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 EXPLAIN_PAGES = ["5_Convolution.py", "6_Receptive_field.py", "7_Filters.py", "8_Why_this_digit.py"]
 
+# Variants a visitor can build on the Train page, small so that measuring them takes seconds. Together with the
+# shipped CNN (kernel 3, padding 1, max pooling, no ReLU after fc1) they cover each setting the pages talk about.
+VARIANTS = {
+    "k5-avg": CNNConfig(conv1_channels=4, conv2_channels=6, kernel_size=5, padding=1, pool="avg", hidden=16),
+    "p0-relu": CNNConfig(conv1_channels=4, conv2_channels=6, kernel_size=3, padding=0, hidden=16, hidden_relu=True),
+    "mlp": MLPConfig(hidden=(32, 16, 16)),
+}
+CNN_VARIANTS = ["k5-avg", "p0-relu"]
+
 
 def run_page(name: str, pixels: np.ndarray | None = None, source: str = "test digit",
              model: LoadedModel | None = None, state: dict | None = None) -> AppTest:
-    """Run a page once; ``model`` becomes this session's own model, selected in the sidebar; ``state`` is
-    set in session state before the run (widget values included)."""
-    at = AppTest.from_file(str(PAGES / name), default_timeout=180)
+    """Run a page once. ``model`` becomes this session's own model and is selected, as ui.state.register_model
+    does; without it the shipped CNN is selected. ``state`` is set in session state first (widget values too)."""
+    at = AppTest.from_file(str(PAGES / name), default_timeout=300)
     for key, value in (state or {}).items():
         at.session_state[key] = value
     if pixels is not None:
@@ -41,18 +58,28 @@ def run_page(name: str, pixels: np.ndarray | None = None, source: str = "test di
         model_id = model_id_of(model)
         at.session_state[OWN_MODELS_KEY] = {model_id: model}
         at.session_state[MODEL_KEY] = model_id
+    else:
+        at.session_state[MODEL_KEY] = SHIPPED_ID
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
 
 def random_model(config, name: str) -> LoadedModel:
-    """An eval-mode model with random weights, as a session's own model would be."""
-    torch.manual_seed(0)
-    model = build_model(config).eval()
+    """An eval-mode model with random weights (seeded), as a session's own model would be."""
+    model = build_model(config)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return LoadedModel(model=model, config=config, card={"name": name, "sha256": f"test-{name}"})
+
+
+def variant(name: str) -> LoadedModel:
+    return random_model(VARIANTS[name], name)
 
 
 def mnist_pixels(split, i: int) -> np.ndarray:
@@ -69,6 +96,20 @@ def metric_starting(at: AppTest, prefix: str):
     found = [m for m in at.metric if m.label.startswith(prefix)]
     assert len(found) == 1, f"no single metric starting {prefix!r}: {[m.label for m in at.metric]}"
     return found[0]
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page wrote (markdown, captions, info boxes, headers), as one string."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "header", "subheader") for e in at.get(kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def in_order(node) -> list:
+    """The elements under a block, in the order the page shows them (top to bottom, columns left to right)."""
+    children = getattr(node, "children", None)
+    if children is None:
+        return [node]
+    return [e for _, child in sorted(children.items()) for e in in_order(child)]
 
 
 def assert_no_errors(at: AppTest) -> None:
@@ -103,6 +144,39 @@ def test_clickable_heatmap_reads_back_the_clicked_cell():
     assert xf.cell_from_selection({"points": [{"x": 7.0, "y": 1.0}]}) == (1, 7)
     assert xf.cell_from_selection({"points": []}) is None and xf.cell_from_selection(None) is None
     assert xf.bar_from_selection({"points": [{"x": 12, "y": 0.3}]}) == 12
+
+
+def test_tile_grid_numbers_every_tile_and_reads_back_the_click():
+    maps = np.arange(10 * 3 * 3, dtype=float).reshape(10, 3, 3) - 40
+    fig = json.loads(xf.tile_grid(maps, cols=4, selected=6, clickable=True).to_json())
+    z = decode(fig["data"][0]["z"])
+    labels, points = fig["data"][1], fig["data"][2]
+    assert labels["text"] == [str(i) for i in range(10)] and labels["textfont"]["size"] >= 12
+    for i, (x, y) in enumerate(zip(decode(points["x"]), decode(points["y"]))):  # each point on its tile's centre
+        assert z[int(y), int(x)] == maps[i, 1, 1]
+    assert list(decode(points["customdata"])) == list(range(10))
+    assert xf.tile_from_selection({"points": [{"x": 9, "y": 3, "customdata": 7}]}) == 7
+    assert xf.tile_from_selection({"points": []}) is None
+    # Labels never cover a cell: each label's row (just above its tile) holds no value.
+    for x, y in zip(labels["x"], labels["y"]):
+        assert np.isnan(z[int(y - 0.5), int(x + 0.5)])
+
+
+def test_digit_with_box_outlines_the_region():
+    from cnn_core.architecture import Region
+
+    pixels = np.zeros((28, 28), dtype=np.float32)
+    img = xf.digit_with_box(pixels, Region(2, 5, 10, 12), scale=3)
+    assert img.shape == (84, 84, 3) and img.dtype == np.uint8
+    red = (img[..., 0] > 200) & (img[..., 1] < 120)
+    rows, cols = np.nonzero(red)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2 * 3, 6 * 3 - 1, 10 * 3, 13 * 3 - 1)
+    assert not red[9:15, 33:36].any()  # the inside of the box shows the digit
+
+
+def test_plotly_text_shows_tags_as_text():
+    assert xf.plotly_text('<a href="http://x">me</a>  \n two') == '&lt;a href="http://x"&gt;me&lt;/a&gt; two'
+    assert len(xf.plotly_text("x" * 500, limit=40)) == 40
 
 
 # --------------------------------------------------------------------------- 5: convolution
@@ -167,7 +241,7 @@ def test_convolution_layer_switch_keeps_position_in_range(test_split):
     assert at.slider(key="cv_filter").value == 31
 
 
-def test_convolution_shows_the_padded_window(test_split):
+def test_convolution_explains_the_padding_before_showing_it(test_split):
     at = run_page("5_Convolution.py", mnist_pixels(test_split, 2))
     fig = chart(at, "cv_window")
     image = decode(fig["data"][0]["z"])
@@ -176,6 +250,37 @@ def test_convolution_shows_the_padded_window(test_split):
     window = fig["layout"]["shapes"][-1]  # drawn last: at position (0, 0) the window starts in the padding
     assert (window["x0"], window["x1"], window["y0"], window["y1"]) == (-1.5, 1.5, -1.5, 1.5)
     assert any("5 of the 9 window cells lie in the zero padding" in c.value for c in at.caption)
+    # The sentence about the border comes before the picture of it.
+    order = in_order(at.main)
+    note = next(i for i, e in enumerate(order) if "paper-coloured border is the padding" in str(getattr(e, "value", "")))
+    picture = next(i for i, e in enumerate(order) if getattr(e, "key", None) == "cv_window")
+    assert note < picture
+
+
+@pytest.mark.parametrize("name", CNN_VARIANTS)
+def test_convolution_of_a_variant_follows_its_kernel_and_padding(name, test_split):
+    loaded = variant(name)
+    config = VARIANTS[name]
+    k, pad = config.kernel_size, config.padding
+    pixels = mnist_pixels(test_split, 8)
+    tr = trace(loaded.model, normalise(pixels))
+    _, h, w = tr["conv2"].shape
+    row, col = h // 2, w - 1
+    at = run_page("5_Convolution.py", pixels, model=loaded,
+                  state={"cv_layer": "conv2", "cv_filter": 5, "cv_index": row * w + col})
+    assert_no_errors(at)
+    assert float(metric(at, "Sum of products + bias")) == pytest.approx(float(tr["conv2"][5, row, col]), abs=6e-5)
+    metric_starting(at, f"conv2[5, {row}, {col}]")
+    assert at.slider(key="cv_slider").max == h * w - 1
+    assert chart(at, "cv_contributions")["layout"]["yaxis"]["title"]["text"] == f"sum of its {k * k} products"
+    assert f"Each bar is the sum of the {k * k} products of one input map" in texts(at)
+    if pad == 0:
+        assert "This layer has no padding" in texts(at) and "paper-coloured border" not in texts(at)
+    else:
+        assert "paper-coloured border is the padding" in texts(at)
+    at = run_page("5_Convolution.py", pixels, model=loaded, state={"cv_layer": "conv1", "cv_index": 0})
+    assert (f"Sum of all {k * k} products" if k != 3 else "Sum of the 9 products") in texts(at)
+    assert len(decode(chart(at, "cv_kernel_0")["data"][0]["z"])) == k  # the weights grid is k x k
 
 
 # --------------------------------------------------------------------------- 6: receptive field
@@ -231,7 +336,77 @@ def test_receptive_field_layer_switch_keeps_the_unit_in_place(test_split):
     assert_no_errors(at)
 
 
+def colours_of(colorscale: str) -> list:
+    """A named Plotly colour scale as a figure's JSON spells it out."""
+    return json.loads(go.Figure(go.Heatmap(z=[[0]], colorscale=colorscale)).to_json())["data"][0]["colorscale"]
+
+
+def test_receptive_field_maps_use_the_feature_maps_colours(test_split):
+    """A convolution's map is blue-white-red around zero (as on Feature maps), a map after ReLU Viridis."""
+    at = run_page("6_Receptive_field.py", mnist_pixels(test_split, 3), state={"rf_layer": "conv2"})
+    heatmap = chart(at, "rf_map")["data"][0]
+    assert heatmap["colorscale"] == colours_of(DIVERGING) and heatmap["zmin"] == -heatmap["zmax"]
+    at = run_page("6_Receptive_field.py", mnist_pixels(test_split, 3), state={"rf_layer": "relu2"})
+    assert chart(at, "rf_map")["data"][0]["colorscale"] == colours_of("Viridis")
+
+
+def fc_sentence_expected(model: torch.nn.Module, layer: str) -> tuple[str, bool]:
+    """The share of the parameters ``layer`` holds, computed here from the modules, and whether it is the most."""
+    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in model.named_children()}
+    total = count_parameters(model)
+    return f"{counts[layer]:,}** parameters, {counts[layer] / total:.1%} of the network's {total:,}", \
+        counts[layer] == max(counts.values())
+
+
+@pytest.mark.parametrize("name", ["shipped", *VARIANTS])
+def test_receptive_field_states_what_each_fully_connected_layer_costs(name, shipped, test_split):
+    loaded = shipped if name == "shipped" else variant(name)
+    fcs = [n for n, m in loaded.model.named_children() if isinstance(m, torch.nn.Linear)]
+    for layer in (fcs[0], fcs[-1]):
+        at = run_page("6_Receptive_field.py", mnist_pixels(test_split, 5), model=None if name == "shipped" else loaded,
+                      state={"rf_layer": layer})
+        assert_no_errors(at)
+        words = texts(at)
+        share, most = fc_sentence_expected(loaded.model, layer)
+        assert share in words
+        assert "most of the network's parameters" not in words
+        assert ("more than any other layer" in words or "more than all its other layers together" in words) == most
+        assert metric(at, "Receptive field") == "28 × 28 px"
+
+
+@pytest.mark.parametrize("name", CNN_VARIANTS)
+def test_receptive_field_of_a_variant(name, test_split):
+    loaded = variant(name)
+    k, pad = VARIANTS[name].kernel_size, VARIANTS[name].padding
+    at = run_page("6_Receptive_field.py", mnist_pixels(test_split, 8), model=loaded,
+                  state={"rf_layer": "pool2", "rf_row": 1, "rf_col": 2})
+    assert_no_errors(at)
+    region = receptive_field(loaded.model, "pool2", 1, 2)
+    # Back from pool2 (2x2, stride 2): 2 rows of conv2, + (k - 1), x2 through pool1, + (k - 1) = the input window.
+    assert region.height == (2 + k - 1) * 2 + k - 1
+    assert metric(at, "Receptive field") == f"{region.height} × {region.width} px"
+    assert metric(at, "Unit") == "pool2[0, 1, 2]"
+    words = texts(at)
+    assert f"a convolution with a {k}×{k} kernel adds {k - 1} rows and columns" in words
+    assert ("paper-coloured border is the zero padding" in words) == (pad > 0)
+    if pad == 0:  # no padding: the input picture has no border at all
+        x_range = chart(at, "rf_input")["layout"]["xaxis"]["range"]
+        assert x_range == [-0.5, 27.5]
+
+
+def test_receptive_field_of_an_mlp_says_it_has_no_convolutions(test_split):
+    at = run_page("6_Receptive_field.py", mnist_pixels(test_split, 8), model=variant("mlp"))
+    assert_no_errors(at)
+    assert "has no convolutions" in texts(at)
+    assert metric(at, "Receptive field") == "28 × 28 px"
+
+
 # --------------------------------------------------------------------------- 7: filters
+
+
+def gallery_captions(at: AppTest) -> list[str]:
+    assert len(at.image) >= 1
+    return list(at.image[0].captions)
 
 
 def test_filters_page_shows_the_top_test_digits(shipped, test_split):
@@ -239,19 +414,45 @@ def test_filters_page_shows_the_top_test_digits(shipped, test_split):
     at.slider(key="fl_filter_conv1").set_value(9).run()
     assert_no_errors(at)
     top = top_activating(shipped.model, test_split.images, "conv1", 10)
-    fig = chart(at, "fl_gallery_conv1")
-    captions = fig["data"][1]["text"]
     expected = [f"{int(test_split.labels[i])} · {v:.2f}" for i, v in zip(top.indices[9].tolist(),
                                                                          top.values[9].tolist())]
-    assert captions == expected
-    assert "filter 9" in fig["layout"]["title"]["text"]
+    assert gallery_captions(at) == expected
+    assert "excite filter 9 most" in texts(at)
 
 
-def test_filters_page_without_data_ranks_the_samples(monkeypatch, tmp_path, test_split):
-    monkeypatch.setenv("CNN_EXPLORER_DATA", str(tmp_path))
-    at = run_page("7_Filters.py", mnist_pixels(test_split, 4))
+def test_filters_second_visit_ranks_nothing(monkeypatch, test_split):
+    """The ranking is computed once per model (measurements), never at page load."""
+    run_page("7_Filters.py", mnist_pixels(test_split, 4))  # measured now, or read from the stored file
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Filters page ranked digits at page load")
+
+    monkeypatch.setattr(explain, "top_activating", refuse)
+    monkeypatch.setattr(measure, "top_activating", refuse)
+    at = run_page("7_Filters.py", mnist_pixels(test_split, 5))
     assert_no_errors(at)
-    assert any("No MNIST test digits found" in i.value for i in at.info)
+    assert len(gallery_captions(at)) == 10
+
+
+@pytest.mark.parametrize("name", CNN_VARIANTS)
+def test_filters_of_a_variant(name, test_split):
+    loaded = variant(name)
+    k = VARIANTS[name].kernel_size
+    at = run_page("7_Filters.py", mnist_pixels(test_split, 4), model=loaded, state={"fl_filter_conv1": 2})
+    assert_no_errors(at)
+    headers = [h.value for h in at.header]
+    assert headers == [f"conv1: 4 filters of 1×{k}×{k}", f"conv2: 6 filters of 4×{k}×{k}"]
+    top = top_activating(loaded.model, test_split.images, "conv1", 10)
+    assert gallery_captions(at) == [f"{int(test_split.labels[i])} · {v:.2f}"
+                                    for i, v in zip(top.indices[2].tolist(), top.values[2].tolist())]
+    assert len(decode(chart(at, "fl_big_conv1")["data"][0]["z"])) == k
+
+
+def test_filters_of_an_mlp_stops_with_a_sentence(test_split):
+    at = run_page("7_Filters.py", mnist_pixels(test_split, 4), model=variant("mlp"))
+    assert_no_errors(at)
+    assert "has no convolution layers" in texts(at)
+    assert not at.image or not any(i.captions for i in at.image[1:])
 
 
 # --------------------------------------------------------------------------- 8: why this digit
@@ -278,69 +479,90 @@ def test_why_page_matches_the_trace(shipped, test_split):
     assert_no_errors(at)
 
 
-def test_why_page_accuracy_curve_on_the_test_split(shipped, test_split):
+def shown_completeness(at: AppTest, model: torch.nn.Module, pixels: np.ndarray, target: int) -> float:
+    """Check the page's integrated-gradients numbers against a forward pass; returns the error it shows."""
+    with torch.inference_mode():
+        logits = forward_layers(model, torch.stack([normalise(pixels), normalise(np.zeros_like(pixels))]))
+    difference = float(logits[0, target] - logits[1, target])
+    attributions = decode(chart(at, "why_overlay")["data"][1]["z"])
+    assert float(metric(at, "Score of your digit − score of black")) == pytest.approx(difference, abs=1e-3)
+    assert float(metric(at, "Sum of the attributions")) == pytest.approx(attributions.sum(), abs=1e-3)
+    error = float(metric(at, "Completeness error"))
+    assert error == pytest.approx(abs(attributions.sum() - difference), abs=2e-4)
+    return error
+
+
+def test_integrated_gradients_add_up_within_the_stated_tolerance(shipped, test_split):
+    for i in (0, 1, 2, 3):
+        pixels = mnist_pixels(test_split, i)
+        sal = integrated_gradients(shipped.model, pixels)
+        assert abs(sal.completeness_gap) <= IG_TOLERANCE, (i, sal.steps, sal.completeness_gap)
+        with torch.inference_mode():
+            logits = forward_layers(shipped.model, torch.stack([normalise(pixels), normalise(np.zeros_like(pixels))]))
+        assert float(sal.attributions.sum()) == pytest.approx(float(logits[0, sal.target] - logits[1, sal.target]),
+                                                              abs=IG_TOLERANCE + 1e-4)
+    hard = integrated_gradients(shipped.model, mnist_pixels(test_split, 3), tolerance=1e-9, max_steps=64)
+    assert hard.steps == 64 and abs(hard.completeness_gap) > 1e-9  # capped: it says how far off it still is
+
+
+def test_why_page_states_the_completeness_error(shipped, test_split):
+    pixels = mnist_pixels(test_split, 3)
+    at = run_page("8_Why_this_digit.py", pixels)
+    target = trace(shipped.model, normalise(pixels)).prediction
+    error = shown_completeness(at, shipped.model, pixels, target)
+    assert error <= IG_TOLERANCE
+    assert "exactly" not in texts(at) and f"exact to within {error:.4f}" in texts(at)
+
+
+def expected_shift_curve(model: torch.nn.Module, split):
+    part = take(split, measure.SHIFT_DIGITS)
+    return explain.shift_accuracy_curve(model, part.images, part.labels, measure.SHIFTS)
+
+
+def test_why_page_accuracy_curve_on_the_test_digits(shipped, test_split):
     at = run_page("8_Why_this_digit.py", mnist_pixels(test_split, 6))
     fig = chart(at, "why_accuracy")
-    n = int(re.search(r"Accuracy on ([\d,]+) test digits", fig["layout"]["title"]["text"]).group(1).replace(",", ""))
-    first = take(test_split, n)
-    plain = accuracy(shipped.model, first)
-    assert metric(at, "Accuracy, digits where they were") == f"{plain:.1%}"
+    n = int(re.search(r"Accuracy on ([\d,]+) MNIST test digits", texts(at)).group(1).replace(",", ""))
+    assert n == measure.SHIFT_DIGITS
+    curve = expected_shift_curve(shipped.model, test_split)
     sideways, updown = (decode(t["y"]) for t in fig["data"])
-    assert sideways[len(sideways) // 2] == pytest.approx(plain) == updown[len(updown) // 2]
+    assert np.allclose(sideways, curve.horizontal) and np.allclose(updown, curve.vertical)
+    assert metric(at, "Accuracy, digits where they were") == f"{curve.horizontal[len(curve.shifts) // 2]:.1%}"
+    assert "CNN_EXPLORER_DATA" not in texts(at)
 
 
-def test_why_page_without_data(monkeypatch, tmp_path, test_split):
-    monkeypatch.setenv("CNN_EXPLORER_DATA", str(tmp_path))
-    at = run_page("8_Why_this_digit.py", mnist_pixels(test_split, 6))
+@pytest.mark.parametrize("name", [*VARIANTS])
+def test_why_page_follows_a_variant(name, test_split):
+    loaded = variant(name)
+    pixels = mnist_pixels(test_split, 7)
+    tr = trace(loaded.model, normalise(pixels))
+    at = run_page("8_Why_this_digit.py", pixels, model=loaded)
     assert_no_errors(at)
-    assert any("No MNIST test digits to measure on" in i.value for i in at.info)
+    assert metric(at, "Prediction") == str(tr.prediction)
+    words = texts(at)
+    config = VARIANTS[name]
+    if isinstance(config, MLPConfig):
+        assert "has no convolutions" in words and "pooling" not in words
+    elif config.pool == "avg":
+        assert "average pooling averages each 2×2 block" in words and "max pooling" not in words
+    else:
+        assert "max pooling keeps the largest value of each 2×2 block" in words
+    if conv_layer_names(loaded.model):
+        assert "But fc1, the first fully connected layer" in words
+    error = shown_completeness(at, loaded.model, pixels, tr.prediction)
+    steps = int(re.search(r"([\d,]+) steps", words).group(1).replace(",", ""))
+    assert error <= IG_TOLERANCE or steps == IG_MAX_STEPS
+    curve = expected_shift_curve(loaded.model, test_split)
+    sideways, updown = (decode(t["y"]) for t in chart(at, "why_accuracy")["data"])
+    assert np.allclose(sideways, curve.horizontal) and np.allclose(updown, curve.vertical)
 
 
 # --------------------------------------------------------------------------- other models
 
 
-# With a session's own model selected, AppTest cannot rerun a page: the sidebar's Model box names own models
-# from session state, which AppTest's widget replay cannot read. So each case here is one run, its widget
-# values set beforehand.
-VARIANT = CNNConfig(kernel_size=5, padding=0, conv1_channels=4, conv2_channels=6, hidden=16)
-
-
-@pytest.mark.parametrize("name", EXPLAIN_PAGES)
-def test_pages_follow_a_variant_cnn(name, test_split):
-    variant = random_model(VARIANT, "k5p0-variant")
-    at = run_page(name, mnist_pixels(test_split, 8), model=variant)
-    assert_no_errors(at)
-
-
-def test_convolution_of_a_variant_cnn(test_split):
-    variant = random_model(VARIANT, "k5p0-variant")
-    pixels = mnist_pixels(test_split, 8)
-    expected = float(trace(variant.model, normalise(pixels))["conv2"][5, 3, 7])
-    # conv2 of this variant: 12x12 pool1 input, kernel 5, no padding -> 8x8 maps; (3, 7) is position 3*8 + 7.
-    at = run_page("5_Convolution.py", pixels, model=variant,
-                  state={"cv_layer": "conv2", "cv_filter": 5, "cv_index": 3 * 8 + 7})
-    assert_no_errors(at)
-    assert float(metric(at, "Sum of products + bias")) == pytest.approx(expected, abs=6e-5)
-    metric_starting(at, "conv2[5, 3, 7]")
-    assert at.slider(key="cv_slider").max == 8 * 8 - 1
-    assert any("no padding" in c.value for c in at.caption)
-
-
-def test_receptive_field_of_a_variant_cnn(test_split):
-    variant = random_model(VARIANT, "k5p0-variant")
-    at = run_page("6_Receptive_field.py", mnist_pixels(test_split, 8), model=variant,
-                  state={"rf_layer": "pool2", "rf_row": 1, "rf_col": 2})
-    assert_no_errors(at)
-    region = receptive_field(variant.model, "pool2", 1, 2)
-    # Back from pool2: 2 rows of conv2, + (5 - 1) of pool1, x2 through pool1, + (5 - 1) of the input = 16.
-    assert region.height == (2 + 5 - 1) * 2 + 5 - 1
-    assert metric(at, "Receptive field") == f"{region.height} × {region.width} px"
-    assert metric(at, "Unit") == "pool2[0, 1, 2]"
-
-
 @pytest.mark.parametrize("name", EXPLAIN_PAGES)
 def test_pages_with_a_model_without_convolutions(name, test_split):
-    mlp = random_model(MLPConfig(hidden=(32,)), "mlp")
+    mlp = variant("mlp")
     at = run_page(name, mnist_pixels(test_split, 8), model=mlp)
     assert_no_errors(at)
     if name in ("5_Convolution.py", "7_Filters.py"):
@@ -350,3 +572,14 @@ def test_pages_with_a_model_without_convolutions(name, test_split):
     if name == "8_Why_this_digit.py":
         expected = trace(mlp.model, normalise(mnist_pixels(test_split, 8))).prediction
         assert metric(at, "Prediction") == str(expected)
+
+
+def test_a_visitor_named_model_and_digit_are_shown_as_text(test_split):
+    at = run_page("5_Convolution.py", mnist_pixels(test_split, 8), source="upload [x](http://evil) *y*.png",
+                  model=variant("k5-avg"))
+    words = texts(at)
+    assert "Follow it here on **upload \\[x\\]\\(http" in words and "[x](http" not in words and "*y*" not in words
+    mlp = random_model(VARIANTS["mlp"], "[click me](http://example.com) **bold**")
+    for page in ("5_Convolution.py", "7_Filters.py", "6_Receptive_field.py"):
+        words = texts(run_page(page, mnist_pixels(test_split, 8), model=mlp))
+        assert "\\[click me\\]\\(http" in words and "[click me](http" not in words, page

@@ -1,12 +1,15 @@
-"""Plotly figures of the explanation pages: sliding windows, receptive fields, filters, saliency, shifts.
+"""Figures of the explanation pages: sliding windows, receptive fields, filters, saliency, shifts.
 
-No Streamlit here. Heatmaps that can be clicked carry one invisible marker per cell, because
-Streamlit reports selections of points, not of heatmap cells; read a click back with
-:func:`cell_from_selection`.
+No Streamlit here. Heatmaps that can be clicked carry invisible markers (one per cell, per column or
+per tile), because Streamlit reports selections of points, not of heatmap cells; read a click back
+with :func:`cell_from_selection` or :func:`tile_from_selection`. Where a page shows many small
+pictures (a gallery of digits) they are plain RGB images for st.image: a few kB, not Plotly JSON.
+Titles are left to the pages (as Markdown above each chart), so long ones wrap on a phone.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 
@@ -15,7 +18,7 @@ import plotly.graph_objects as go
 
 from cnn_core.architecture import Region
 from ui.charts import accuracy_floor
-from ui.figures import DIVERGING, PROB_COLOUR, TOP_COLOUR, mosaic
+from ui.figures import DIVERGING, PROB_COLOUR, TOP_COLOUR
 
 WINDOW_COLOUR = TOP_COLOUR
 IMAGE_EDGE = "#555555"
@@ -23,12 +26,34 @@ EMPTY_BG = "#f0f0f0"  # cells with no value yet (NaN)
 PADDING_BG = "#e9e4d8"  # the zero border around an image: a paper colour, distinct from black ink and white
 NEGATIVE = "#2166ac"
 POSITIVE = "#b2182b"
+GRID_CELL_PX = 46  # the smallest cell of a number grid: room for "-0.42" at GRID_FONT_PX
+GRID_FONT_PX = 13
+TILE_LABEL_PX = 12  # channel numbers on tiled grids
 # Diverging, transparent at zero: laid over the digit, only pixels that matter get colour.
 SEE_THROUGH = [[0.0, "rgba(33,102,172,0.95)"], [0.5, "rgba(255,255,255,0)"], [1.0, "rgba(178,24,43,0.95)"]]
 
 
 def _array(x) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+def map_colours(kind: str) -> tuple[str, float | None]:
+    """(colour scale, zmid) for a map output by a layer of this kind ("Conv2d", "ReLU", "MaxPool2d"...).
+
+    The convention of every page: a convolution's map has negative values, drawn blue-white-red around
+    zero; maps after a ReLU (and the poolings of them) are never negative, drawn in Viridis. So one map
+    looks the same wherever it is shown.
+    """
+    return (DIVERGING, 0.0) if kind == "Conv2d" else ("Viridis", None)
+
+
+def plotly_text(text: object, limit: int = 60) -> str:
+    """Visitor-chosen text (a file or model name) for a Plotly title, legend or label: one line, at most
+    ``limit`` characters, its tags and entities shown as characters (Plotly renders <a>, <b>, <br>...)."""
+    one_line = " ".join(str(text).split())
+    if len(one_line) > limit:
+        one_line = one_line[: limit - 1] + "…"
+    return html.escape(one_line, quote=False)
 
 
 def _limit(z: np.ndarray) -> float:
@@ -87,6 +112,29 @@ def clickable_heatmap(values, title: str = "", colorscale=DIVERGING, zmid: float
     fig.update_layout(height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), title=title or None,
                       dragmode=False, hovermode="closest", hoverdistance=-1, clickmode="event+select",
                       plot_bgcolor=EMPTY_BG)
+    return fig
+
+
+def column_heatmap(values, colorscale="Viridis", marked_column: int | None = None, height: int = 320,
+                   hover: str = "column %{customdata}: click to pick") -> go.Figure:
+    """A 2-D map whose columns can be clicked; ``marked_column`` is outlined. Read a click with
+    :func:`tile_from_selection` (it gives the column).
+
+    One invisible point per column, at mid-height: with no hover distance limit the nearest point is
+    the nearest column wherever the click lands in it, so a (C_in, C_out) map sends C_out points, not C_in x C_out.
+    """
+    z = _array(values).astype(float)
+    h, w = z.shape
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, showscale=True, colorbar=dict(thickness=10),
+                               hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=list(range(w)), y=[(h - 1) / 2] * w, mode="markers", showlegend=False,
+                             marker=dict(size=max(4, min(18, 300 // w)), opacity=0), customdata=list(range(w)),
+                             hovertemplate=hover + "<extra></extra>"))
+    if marked_column is not None:
+        _outline(fig, 0, h - 1, marked_column, marked_column, width=2)
+    _square_axes(fig, (-0.5, w - 0.5), (-0.5, h - 0.5))
+    fig.update_layout(height=height, margin=dict(l=5, r=5, t=5, b=5), dragmode=False, hovermode="closest",
+                      hoverdistance=-1, clickmode="event+select", plot_bgcolor=EMPTY_BG)
     return fig
 
 
@@ -152,12 +200,14 @@ def number_grid(values, title: str = "", colorscale=DIVERGING, in_padding=None, 
     symmetric about zero, so that white means 0 on the default diverging scale.
     """
     z = _array(values).astype(float)
+    # A 5x5 or 7x7 kernel gets a taller figure: each cell keeps room for a readable "-0.42".
+    height = max(height, GRID_CELL_PX * z.shape[0] + (30 if title else 5) + 5)
     pad = np.zeros_like(z, dtype=bool) if in_padding is None else _array(in_padding).astype(bool)
     text = [["" if pad[i, j] else f"{z[i, j]:.{decimals}f}" for j in range(z.shape[1])] for i in range(z.shape[0])]
     zmin, zmax = zrange if zrange is not None else (-_limit(z), _limit(z))
     # Padding cells are left out of the heatmap, so they show the paper colour of the border.
     fig = go.Figure(go.Heatmap(z=np.where(pad, np.nan, z), text=text, texttemplate="%{text}",
-                               textfont=dict(size=12), colorscale=colorscale, zmin=zmin, zmax=zmax,
+                               textfont=dict(size=GRID_FONT_PX), colorscale=colorscale, zmin=zmin, zmax=zmax,
                                showscale=False, hoverongaps=False,
                                hovertemplate="row %{y}, col %{x}: %{z:.4f}<extra></extra>"))
     h, w = z.shape
@@ -167,7 +217,7 @@ def number_grid(values, title: str = "", colorscale=DIVERGING, in_padding=None, 
                       fillcolor=PADDING_BG, line=dict(width=0))
     if len(pad_rows):
         fig.add_trace(go.Scatter(x=pad_cols, y=pad_rows, mode="text", text=["pad 0"] * len(pad_rows),
-                                 textfont=dict(size=11, color="#6b6250"), showlegend=False,
+                                 textfont=dict(size=GRID_FONT_PX, color="#6b6250"), showlegend=False,
                                  hovertemplate="padding: 0<extra></extra>"))
     _square_axes(fig, (-0.5, w - 0.5), (-0.5, h - 0.5))
     fig.update_layout(height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), title=title or None,
@@ -176,8 +226,11 @@ def number_grid(values, title: str = "", colorscale=DIVERGING, in_padding=None, 
 
 
 def channel_contributions(per_channel, highlight: Sequence[int] = (), height: int = 250,
-                          title: str = "") -> go.Figure:
-    """What each input channel adds to the sum: red bars push the value up, blue ones down."""
+                          title: str = "", products: int = 9) -> go.Figure:
+    """What each input channel adds to the sum: red bars push the value up, blue ones down.
+
+    ``products``: how many products each bar sums (kh x kw of the filter: 9 for 3x3, 25 for 5x5).
+    """
     v = _array(per_channel).astype(float).ravel()
     colours = [POSITIVE if x >= 0 else NEGATIVE for x in v]
     fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=colours,
@@ -186,7 +239,7 @@ def channel_contributions(per_channel, highlight: Sequence[int] = (), height: in
                            hovertemplate="input channel %{x}: %{y:+.4f}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 5, b=10), title=title or None,
                       xaxis=dict(title="input channel", dtick=1 if len(v) <= 16 else 4, fixedrange=True),
-                      yaxis=dict(title="sum of its 9 products" if len(v) else "", fixedrange=True),
+                      yaxis=dict(title=f"sum of its {products} products" if len(v) else "", fixedrange=True),
                       bargap=0.15, dragmode=False)
     return fig
 
@@ -233,28 +286,79 @@ def unit_bars(values, selected: int | None = None, title: str = "", height: int 
 # --------------------------------------------------------------------------- filters and the digits they like
 
 
-def digit_gallery(images, captions: Sequence[str], regions: Sequence[Region] | None = None, cols: int = 5,
-                  title: str = "", height: int | None = None) -> go.Figure:
-    """Digits (k, 28, 28) in [0, 1] as one tiled image, each with a caption and optionally a region outlined."""
-    imgs = _array(images).astype(float)
-    k, h, w = imgs.shape
-    cols = max(1, min(cols, k))
-    gap = 2
-    z = mosaic(imgs, cols, gap=gap)
-    fig = go.Figure(go.Heatmap(z=z, colorscale="gray", zmin=0, zmax=1, showscale=False, hoverinfo="skip"))
-    origins = [((i // cols) * (h + gap), (i % cols) * (w + gap)) for i in range(k)]
-    fig.add_trace(go.Scatter(x=[left + 0.5 for _, left in origins], y=[top + 0.5 for top, _ in origins],
-                             mode="text", text=list(captions), textposition="bottom right",
-                             textfont=dict(size=10, color="#ffd166"), hoverinfo="skip", showlegend=False))
-    for (top, left), region in zip(origins, regions or []):
-        r = region.clipped(h, w)
-        _outline(fig, top + r.top, top + r.bottom, left + r.left, left + r.right, width=2)
-    rows = math.ceil(k / cols)
-    _square_axes(fig, (-0.5, z.shape[1] - 0.5), (-0.5, z.shape[0] - 0.5))
-    fig.update_layout(height=height or rows * 130 + (40 if title else 10),
-                      margin=dict(l=5, r=5, t=30 if title else 5, b=5), title=title or None, dragmode=False,
-                      plot_bgcolor="white")
+def digit_with_box(pixels, region: Region | None = None, scale: int = 4,
+                   colour: tuple[int, int, int] = (228, 87, 86)) -> np.ndarray:
+    """A 28x28 digit in [0, 1] as an RGB image (``scale`` px per pixel) with ``region`` outlined, for st.image.
+
+    An image rather than a Plotly heatmap: a gallery of ten digits costs a few kB instead of ~100 kB of JSON.
+    """
+    grey = np.rint(np.clip(_array(pixels).astype(float), 0, 1) * 255).astype(np.uint8)
+    rgb = np.kron(np.repeat(grey[..., None], 3, axis=2), np.ones((scale, scale, 1), dtype=np.uint8))
+    if region is not None:
+        r = region.clipped(grey.shape[0], grey.shape[1])
+        top, bottom, left, right = r.top * scale, (r.bottom + 1) * scale - 1, r.left * scale, (r.right + 1) * scale - 1
+        line = max(1, scale // 2)
+        rgb[top:top + line, left:right + 1] = colour
+        rgb[bottom - line + 1:bottom + 1, left:right + 1] = colour
+        rgb[top:bottom + 1, left:left + line] = colour
+        rgb[top:bottom + 1, right - line + 1:right + 1] = colour
+    return rgb
+
+
+def tile_grid(maps, cols: int = 8, colorscale=DIVERGING, zmid: float | None = 0.0, selected: int | None = None,
+              clickable: bool = False, cell_px: int = 14) -> go.Figure:
+    """Small maps (C, h, w) (e.g. a layer's kernels) tiled in rows of ``cols``, each numbered above its tile.
+
+    The numbers sit in a band of their own, so they never hide a cell and stay readable at any tile size.
+    With ``clickable`` an invisible point on each tile answers clicks: read it back with
+    :func:`tile_from_selection`. One colour scale for all tiles (symmetric about 0 when ``zmid`` is 0).
+    """
+    m = _array(maps).astype(float)
+    c, h, w = m.shape
+    cols = max(1, min(cols, c))
+    rows = math.ceil(c / cols)
+    band = 1 + (h < 4)  # cells above each tile for its number: 2 for tiny kernels, whose cells are small
+    out = np.full((rows * (h + band), cols * (w + 1) - 1), np.nan)
+    origins = []
+    for i in range(c):
+        r, k = divmod(i, cols)
+        top, left = r * (h + band) + band, k * (w + 1)
+        out[top:top + h, left:left + w] = m[i]
+        origins.append((top, left))
+    lim = _limit(m) if zmid is not None else None
+    fig = go.Figure(go.Heatmap(z=out, colorscale=colorscale, zmin=-lim if lim else None, zmax=lim,
+                               showscale=True, colorbar=dict(thickness=10), hoverongaps=False,
+                               hoverinfo="skip" if clickable else None,
+                               hovertemplate=None if clickable else "%{z:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[left - 0.5 for _, left in origins], y=[top - 0.5 for top, _ in origins],
+                             mode="text", text=[str(i) for i in range(c)], textposition="top right",
+                             textfont=dict(size=TILE_LABEL_PX, color="#333333"), hoverinfo="skip",
+                             showlegend=False))
+    if selected is not None and 0 <= selected < c:
+        top, left = origins[selected]
+        _outline(fig, top, top + h - 1, left, left + w - 1, width=3)
+    if clickable:
+        fig.add_trace(go.Scatter(x=[left + (w - 1) / 2 for _, left in origins],
+                                 y=[top + (h - 1) / 2 for top, _ in origins], mode="markers",
+                                 marker=dict(size=max(8, cell_px * w), opacity=0), showlegend=False,
+                                 customdata=list(range(c)),
+                                 hovertemplate="%{customdata}: click to pick<extra></extra>"))
+        fig.update_layout(hovermode="closest", hoverdistance=-1, clickmode="event+select")
+    _square_axes(fig, (-0.5, out.shape[1] - 0.5), (-0.5, out.shape[0] - 0.5))
+    fig.update_layout(height=max(160, out.shape[0] * cell_px + 20), margin=dict(l=5, r=5, t=10, b=5),
+                      dragmode=False, plot_bgcolor="white")
     return fig
+
+
+def tile_from_selection(selection) -> int | None:
+    """The tile clicked in a :func:`tile_grid` (None if none)."""
+    for point in (selection or {}).get("points") or []:
+        custom = point.get("customdata")
+        if isinstance(custom, (int, float)):
+            return int(custom)
+        if isinstance(custom, (list, tuple)) and custom and isinstance(custom[0], (int, float)):
+            return int(custom[0])
+    return None
 
 
 # --------------------------------------------------------------------------- saliency and what-if
