@@ -41,8 +41,8 @@ SEEDS_MADE = "home_canvas_seeds_made"
 UPLOADED = "home_upload"  # (name, preview PNG bytes) of the last good upload
 
 # The canvas component shows a toolbar on hover (undo, redo, reset, and an "edit" mode in which a drag moves
-# a stroke and silently changes the answer); a phone never hovers. The page has its own Undo and Clear
-# buttons, so the toolbar is hidden inside the component's (open) shadow root.
+# a stroke and silently changes the answer); a phone never hovers. The pages have their own Undo and Clear
+# buttons, so the toolbar is hidden inside the component's (open) shadow root, on every page.
 LAYOUT_CSS = """
 <style>
 @media (min-width: 641px) { .st-key-answer_narrow, .st-key-input_narrow { display: none; } }
@@ -242,7 +242,6 @@ def home() -> None:
     """The home page."""
     loaded = model_picker()
     st.html(LAYOUT_CSS)
-    st.html(HIDE_CANVAS_TOOLBAR, unsafe_allow_javascript=True)
     st.title("CNN Explorer")
     st.container(key="intro").write(
         "Draw a digit, or upload a photo of one, and watch a convolutional neural network read it. "
@@ -274,6 +273,7 @@ PAGES = (  # file in pages/ (None: the home page above), title in the sidebar, M
 )
 
 st.set_page_config(page_title="CNN Explorer", page_icon="🔢", layout="wide")
+st.html(HIDE_CANVAS_TOOLBAR, unsafe_allow_javascript=True)  # every page with a canvas: Home, Overview, Compare
 st.navigation([
     st.Page(home, title=title, icon=icon, default=True) if file is None
     else st.Page(HERE / "pages" / file, title=title, icon=icon)

@@ -13,6 +13,7 @@ from torch import nn
 from cnn_core.architecture import LayerRow, layer_table, nonlinear_layers, total_parameters
 from cnn_core.data import MNIST_MEAN, MNIST_STD
 from cnn_core.introspect import Trace, dropout_mask
+from ui import explain_figures as xf
 from ui import figures
 from ui.figures import PLOT_CONFIG
 from ui.state import digit_or_sample_picker, get_model, get_trace
@@ -97,7 +98,7 @@ def conv_section(row: LayerRow, layer: nn.Conv2d, tr: Trace, ids: tuple) -> int:
         f"{row.name} slides {c_out} small filters of {k}×{k} weights over "
         + ("the image" if first else f"all {c_in} maps of the layer before")
         + ". At each position a filter multiplies the pixels under it by its weights and adds them up, "
-        "so its map is bright where the input looks like the filter: "
+        "so its map is strongly positive (red) where the input looks like the filter: "
         + ("strokes and edges of one direction." if first else
            "combinations of the simple strokes found earlier, such as corners, curves and line ends.")
         + " The same few weights are reused at every position, which is why a convolution needs so few parameters."
@@ -142,8 +143,8 @@ def conv_section(row: LayerRow, layer: nn.Conv2d, tr: Trace, ids: tuple) -> int:
                        "is added.")
         else:
             show(f"fm_kernel_{row.name}", ("kernel",) + ids[:1] + (row.name, channel),
-                 lambda: figures.feature_map_grid(kernel, GRID_COLS, f"Filter {channel}: {c_in} slices of {k}×{k}",
-                                                  colorscale=figures.DIVERGING, zmid=0))
+                 lambda: xf.tile_grid(kernel, GRID_COLS, cell_px=12 if k < 4 else 8).update_layout(
+                     title=f"Filter {channel}: {c_in} slices of {k}×{k}"))
             st.caption(f"Filter {channel} has one {k}×{k} slice per input map (slice i reads map i of the layer "
                        f"before); the {c_in} results are summed and the bias {b:+.3f} is added.")
     return channel

@@ -19,25 +19,30 @@ from typing import Literal
 
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image
+from PIL import Image, ImageDraw
 from plotly.colors import get_colorscale, unlabel_rgb
 
 from cnn_core.architecture import Region
 from cnn_core.unit_sources import UnitSources
 
 TILE_TARGET = 28  # display pixels a feature map tile aims at (28x28 maps are drawn 1:1)
-GAP = 2  # pixels between tiles
+GAP = 1  # pixels between tiles: the grey line of their frames
 MAX_TILE_ROWS = 16  # tiles per column: 64 maps become 4 columns of 16, 32 maps 2 columns
 MIN_STRIP = 384  # the pictures' height when no layer needs more (a network without feature maps)
 TITLE_HEIGHT = 30  # room above each picture for its name and shape
 VECTOR_ROWS = 128  # cells per column of a vector; a longer one gets more columns
 VECTOR_CELL_W = 16  # width of a one-column vector
+MIN_VECTOR_W = 22  # a vector's picture is at least this wide
 FLAT_WIDTH = 56  # about how wide the flattened vector is drawn
-INPUT_SCALE = 2  # the input digit is drawn twice as large as a map tile
+INPUT_SCALE = 3  # the input digit is drawn three times as large as a map tile
+LAYER_GAP = 4  # pixels between two layers drawn in one chart
+MIN_CHART_WIDTH = 150  # Streamlit draws no Plotly chart narrower than this
 OUTPUT_LABEL_W, OUTPUT_TEXT_W = 14, 34  # room for the digit left of each output cell and its probability right
 
 FRAME_COLOUR = (200, 200, 200, 255)
 EMPTY, FRAME = -1, -2  # pixel_units() of pixels that show no unit: transparent, or a tile's frame
+LEVELS = 128  # colours of the values: 22% fewer PNG bytes than 254 levels, and no banding to see
+FRAME_INDEX, EMPTY_INDEX = LEVELS, LEVELS + 1
 SELECTED_COLOUR = "#111111"
 SOURCE_COLOUR = "#f58518"  # orange: not on the blue-white-red scale of the values
 SOURCE_FILL = "rgba(245,133,24,0.30)"
@@ -49,18 +54,18 @@ def _array(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _lut(name: str) -> np.ndarray:
-    """A 256-entry RGB lookup table of a Plotly colour scale, interpolated linearly between its stops."""
+def _lut(name: str, levels: int) -> np.ndarray:
+    """A ``levels``-entry RGB lookup table of a Plotly colour scale, interpolated linearly between its stops."""
     stops = get_colorscale(name)
     positions = np.array([float(p) for p, _ in stops])
     colours = np.array([unlabel_rgb(c) for _, c in stops], dtype=float)
-    t = np.linspace(0, 1, 256)
+    t = np.linspace(0, 1, levels)
     return np.stack([np.interp(t, positions, colours[:, i]) for i in range(3)], axis=1).round().astype(np.uint8)
 
 
 # The app's diverging scale (ui.figures.DIVERGING): blue negative, white zero, red positive.
-DIVERGING_LUT = _lut("RdBu_r")
-GREY_LUT = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # the input: black paper, white ink
+DIVERGING_LUT = _lut("RdBu_r", LEVELS)
+GREY_LUT = np.repeat(np.linspace(0, 255, LEVELS).round().astype(np.uint8)[:, None], 3, axis=1)  # black paper, white ink
 
 
 # --------------------------------------------------------------------------- layout
@@ -213,6 +218,12 @@ def _centred(blocks: list[Block], height: int) -> list[Block]:
     return [Block(b.top + dy, b.left, b.rows, b.cols, b.cell_h, b.cell_w) for b in blocks]
 
 
+def flat_rows_are_maps(flat_from: tuple[int, ...]) -> bool:
+    """Whether a flattened vector is drawn one map per row (enough maps to make a picture), else one map row
+    per row (a single-channel image stays an image)."""
+    return flat_from[0] >= 8
+
+
 def layout_panel(name: str, kind: str, shape: tuple[int, ...], height: int, *, is_output: bool = False,
                  flat_from: tuple[int, ...] | None = None) -> Panel:
     """Lay out one layer's units in a picture ``height`` pixels tall.
@@ -241,10 +252,12 @@ def layout_panel(name: str, kind: str, shape: tuple[int, ...], height: int, *, i
         role = "output"
     elif len(shape) == 1 and flat_from is not None and len(flat_from) == 3 and math.prod(flat_from) == shape[0]:
         c, h, w = flat_from
-        # One row per channel when there are enough channels to make a picture; else one row per map row.
-        rows, per_row = (c, h * w) if c >= 8 else (c * h, w)
-        cell_h = max(1, min(TILE_TARGET // 2, (height - 2) // rows))
-        cell_w = max(1, FLAT_WIDTH // per_row)
+        if flat_rows_are_maps(flat_from):  # a strip: one thin row per map
+            rows, per_row = c, h * w
+            cell_h, cell_w = max(1, min(TILE_TARGET // 2, (height - 2) // rows)), max(1, FLAT_WIDTH // per_row)
+        else:  # still an image, row after row: square cells, or the digit would look stretched
+            rows, per_row = c * h, w
+            cell_h = cell_w = max(1, min((FLAT_WIDTH + TILE_TARGET) // per_row, (height - 2) // rows))
         blocks = [Block(i * cell_h, 1, 1, per_row, cell_h, cell_w) for i in range(rows)]
         role = "flat"
     elif len(shape) == 1:
@@ -254,12 +267,16 @@ def layout_panel(name: str, kind: str, shape: tuple[int, ...], height: int, *, i
         cell_h = max(1, min(TILE_TARGET // 2, (height - 2) // rows))
         cell_w = VECTOR_CELL_W if cols == 1 else max(3, 2 * VECTOR_CELL_W // cols)
         # One block per unit, numbered down each column: a click then picks exactly the unit under it.
-        blocks = [Block((i % rows) * cell_h, 1 + (i // rows) * cell_w, 1, 1, cell_h, cell_w) for i in range(n)]
+        # Narrow columns are centred in MIN_VECTOR_W pixels: room for a title like "relu3" beside "fc1".
+        left = 1 + max(0, (MIN_VECTOR_W - 2 - cols * cell_w) // 2)
+        blocks = [Block((i % rows) * cell_h, left + (i // rows) * cell_w, 1, 1, cell_h, cell_w) for i in range(n)]
         role = "vector"
     else:
         raise ValueError(f"{name}: cannot draw an output of shape {shape}")
     blocks = _centred(blocks, height)
     width = max(b.right for b in blocks) + (OUTPUT_TEXT_W if role == "output" else 1)
+    if role == "vector":
+        width = max(width, MIN_VECTOR_W)
     return Panel(name, kind, role, shape, width, height, tuple(blocks))
 
 
@@ -283,20 +300,35 @@ def render_png(panel: Panel, values, pixel_units: np.ndarray | None = None) -> b
     v = _array(values).astype(np.float64).reshape(-1)
     if v.size != panel.units:
         raise ValueError(f"{panel.name}: {v.size} values for {panel.units} units")
+    top = LEVELS - 1
     if panel.role == "input":
-        q = np.clip(np.rint(v * 255), 0, 255).astype(np.uint8)
+        q = np.clip(np.rint(v * top), 0, top).astype(np.uint8)
         lut = GREY_LUT
     else:
-        q = np.clip(np.rint((v / colour_limit(v) + 1) * 127.5), 0, 255).astype(np.uint8)
+        q = np.clip(np.rint((v / colour_limit(v) + 1) / 2 * top), 0, top).astype(np.uint8)
         lut = DIVERGING_LUT
     units = panel.pixel_units() if pixel_units is None else pixel_units
-    rgba = np.concatenate([lut[q], np.full((q.size, 1), 255, dtype=np.uint8)], axis=1)
-    # Negative indices pick from the end: FRAME (-2) the frame colour, EMPTY (-1) transparent.
-    colours = np.vstack([rgba, np.array([FRAME_COLOUR, (255, 255, 255, 0)], dtype=np.uint8)])
-    image = colours[units]
+    # A palette image: one byte per pixel (a quarter of RGBA), LEVELS colours plus the frame and transparency.
+    levels = np.append(q, np.array([FRAME_INDEX, EMPTY_INDEX], dtype=np.uint8))  # [-2] frame, [-1] empty
+    image = Image.fromarray(levels[units], "P")
+    palette = np.vstack([lut, [FRAME_COLOUR[:3], (255, 255, 255)]]).astype(np.uint8)
+    image.putpalette(palette.reshape(-1).tolist())
     buf = io.BytesIO()
-    # compress_level 1: these pictures are mostly flat blocks, so fast zlib already packs them well.
-    Image.fromarray(image, "RGBA").save(buf, format="PNG", compress_level=1)
+    # compress_level 6 (zlib's default): the pictures are mostly flat blocks, which pack well and fast.
+    image.save(buf, format="PNG", transparency=EMPTY_INDEX, compress_level=6)
+    return buf.getvalue()
+
+
+def draw_marks(png: bytes, marks: Sequence[Mark]) -> bytes:
+    """A picture with marks drawn into its pixels (for a picture shown as a plain image, not a chart)."""
+    image = Image.open(io.BytesIO(png)).convert("RGBA")
+    draw = ImageDraw.Draw(image)
+    colours = {"source": SOURCE_COLOUR, "strong": SOURCE_COLOUR, "selected": SELECTED_COLOUR}
+    for m in marks:
+        x0, y0, x1, y1 = (int(round(v)) for v in m.rect)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colours[m.style], width=2)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -363,72 +395,136 @@ def _rect_path(rects: Sequence[Rect]) -> tuple[list[float | None], list[float | 
     return xs, ys
 
 
-def target_summary(panel: Panel, values) -> list[str]:
-    """Hover text of each block's click target: which unit or map it is, and its value or peak."""
-    v = _array(values).astype(float).reshape(-1)
-    per = panel.per_block
-    texts = []
-    for i in range(len(panel.blocks)):
-        block_values = v[i * per: (i + 1) * per]
-        if panel.role == "maps":
-            texts.append(f"{panel.name}, map {i}<br>largest value {block_values.max():.2f}")
-        elif panel.role == "flat":
-            texts.append(f"{panel.name}, values {i * per}–{(i + 1) * per - 1}<br>largest {block_values.max():.2f}")
-        elif panel.role == "input":
-            texts.append("input: the 28×28 digit")
+def block_peaks(panel: Panel, values) -> np.ndarray:
+    """Each block's largest value (a single unit's block: its value), shown when the pointer is on it."""
+    v = _array(values).astype(float).reshape(len(panel.blocks), panel.per_block)
+    return v.max(axis=1)
+
+
+def _hover(panel: Panel) -> str:
+    """The hover text of a panel's click targets, filled in by Plotly from each target's customdata
+    ``[layer, block, peak]`` (numbers travel as one compact typed array; a text per target would not)."""
+    click = "<br><i>click: what is it computed from?</i><extra></extra>"
+    if panel.role == "maps":
+        return f"<b>{panel.name}</b>, map %{{customdata[1]:.0f}}<br>largest value %{{customdata[2]:.2f}}" + click
+    if panel.role == "flat":
+        return (f"<b>{panel.name}</b>, row %{{customdata[1]:.0f}} ({panel.per_block} values)"
+                f"<br>largest %{{customdata[2]:.2f}}" + click)
+    return f"<b>{panel.name}</b>[%{{customdata[1]:.0f}}] = %{{customdata[2]:.3f}}" + click
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """One layer as a chart draws it: its panel, its picture, its values and what to highlight on it."""
+
+    panel: Panel
+    source: str  # the picture, as a PNG data URI
+    values: object  # the layer's output (for the hover texts)
+    marks: tuple[Mark, ...] = ()
+    layer: int = 0  # the layer's number in the strip: each click target sends it back with its block
+
+
+def stage_groups(panels: Sequence[Panel]) -> list[list[Panel]]:
+    """The panels cut into charts: one per convolution with the layers after it, then one for all the vectors.
+
+    Streamlit draws no Plotly chart narrower than MIN_CHART_WIDTH pixels, so one chart per layer would
+    leave wide gaps beside the narrow ones; a stage (conv, ReLU, pool) is also what one reads together.
+    """
+    groups: list[list[Panel]] = []
+    for panel in panels:
+        starts = not groups or panel.kind == "Conv2d" or (panel.role != "maps" and groups[-1][-1].role == "maps")
+        if starts:
+            groups.append([panel])
         else:
-            texts.append(f"{panel.name}[{i}] = {block_values[0]:.3f}")
-    return texts
+            groups[-1].append(panel)
+    return groups
 
 
-def layer_figure(panel: Panel, source: str, values, marks: Sequence[Mark] = (), title: str = "",
-                 subtitle: str = "", probabilities=None) -> go.Figure:
-    """One layer's picture (``source``: its PNG as a data URI), with click targets and ``marks`` drawn over it.
+def group_width(panels: Sequence[Panel]) -> int:
+    """The width of the chart that draws these panels side by side."""
+    return max(MIN_CHART_WIDTH, sum(p.width for p in panels) + LAYER_GAP * (len(panels) - 1))
 
-    Every block (map tile, vector row or unit) has one invisible marker at its centre whose
-    ``customdata`` is the block's number; the figure's pixels are the picture's pixels, one to one.
+
+def _shifted(rect: Rect, dx: float) -> Rect:
+    x0, y0, x1, y1 = rect
+    return x0 + dx, y0, x1 + dx, y1
+
+
+def group_figure(drawn: Sequence[Drawn], probabilities=None) -> go.Figure:
+    """Several layers' pictures side by side in one chart, with click targets and their marks drawn over them.
+
+    The figure's pixels are the pictures' pixels, one to one. Every block (map tile, vector row, unit)
+    has one invisible marker at its centre whose ``customdata`` is ``[layer, block, peak]``.
     ``probabilities`` labels the output layer's cells.
     """
-    fig = go.Figure(go.Image(source=source, x0=0.5, y0=0.5, dx=1, dy=1, hoverinfo="skip"))
-    centres = np.array([b.centre for b in panel.blocks])
-    sizes = [max(4, min(22, b.right - b.left, b.bottom - b.top)) for b in panel.blocks]
-    fig.add_trace(go.Scatter(
-        x=centres[:, 0], y=centres[:, 1], mode="markers", showlegend=False,
-        marker=dict(size=sizes, opacity=0), customdata=np.arange(len(panel.blocks)),
-        text=target_summary(panel, values), hovertemplate="%{text}<br><i>click: what is it computed from?</i>"
-                                                          "<extra></extra>",
-    ))
-    for style, colour, width, fill in (("source", SOURCE_COLOUR, 1.5, None), ("strong", SOURCE_COLOUR, 2.5, SOURCE_FILL),
-                                       ("selected", SELECTED_COLOUR, 2.5, None)):
+    panels = [d.panel for d in drawn]
+    width = group_width(panels)
+    height = max(p.height for p in panels)
+    x = (width - (sum(p.width for p in panels) + LAYER_GAP * (len(panels) - 1))) / 2  # centred when padded
+    fig = go.Figure()
+    marks: list[Mark] = []
+    annotations = []
+    for d in drawn:
+        p = d.panel
+        fig.add_trace(go.Image(source=d.source, x0=x + 0.5, y0=0.5, dx=1, dy=1, hoverinfo="skip"))
+        centres = np.array([b.centre for b in p.blocks])
+        custom = np.column_stack([np.full(len(p.blocks), d.layer), np.arange(len(p.blocks)), block_peaks(p, d.values)])
+        fig.add_trace(go.Scatter(x=x + centres[:, 0], y=centres[:, 1], mode="markers", showlegend=False,
+                                 name="targets", customdata=custom, hovertemplate=_hover(p),
+                                 marker=dict(size=[max(4, min(22, b.right - b.left, b.bottom - b.top))
+                                                   for b in p.blocks], opacity=0)))
+        marks += [Mark(_shifted(m.rect, x), m.style) for m in d.marks]
+        annotations.append(dict(text=f"<b>{p.name}</b><br><span style='font-size:9px'>{shape_label(p.shape)}</span>",
+                                x=x + p.width / 2, y=1, xref="x", yref="paper", yanchor="bottom", showarrow=False,
+                                font=dict(size=11), align="center"))
+        if p.role == "output" and probabilities is not None:
+            _output_labels(fig, p, probabilities, x)
+        x += p.width + LAYER_GAP
+    for style, colour, line_width, fill in (("source", SOURCE_COLOUR, 1.5, None),
+                                            ("strong", SOURCE_COLOUR, 2.5, SOURCE_FILL),
+                                            ("selected", SELECTED_COLOUR, 2.5, None)):
         rects = [m.rect for m in marks if m.style == style]
         if rects:
-            xs, ys = _rect_path(rects)
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=width),
+            path_x, path_y = _rect_path(rects)
+            fig.add_trace(go.Scatter(x=path_x, y=path_y, mode="lines", line=dict(color=colour, width=line_width),
                                      fill="toself" if fill else None, fillcolor=fill, hoverinfo="skip",
                                      showlegend=False, name=style))
-    if panel.role == "output" and probabilities is not None:
-        p = _array(probabilities).astype(float).reshape(-1)
-        best = int(p.argmax())
-        ys = [b.centre[1] for b in panel.blocks]
-        fig.add_trace(go.Scatter(x=[OUTPUT_LABEL_W / 2] * len(ys), y=ys, mode="text", hoverinfo="skip",
-                                 text=[f"<b>{d}</b>" if d == best else str(d) for d in range(len(ys))],
-                                 textfont=dict(size=11), showlegend=False))
-        right = max(b.right for b in panel.blocks)
-        fig.add_trace(go.Scatter(x=[right + 3] * len(ys), y=ys, mode="text", textposition="middle right",
-                                 hoverinfo="skip", showlegend=False, textfont=dict(size=10),
-                                 text=[f"<b>{v:.0%}</b>" if d == best else (f"{v:.0%}" if v >= 0.005 else "")
-                                       for d, v in enumerate(p)]))
-    fig.update_xaxes(range=[0, panel.width], visible=False, fixedrange=True)
-    fig.update_yaxes(range=[panel.height, 0], visible=False, fixedrange=True)
+    fig.update_xaxes(range=[0, width], visible=False, fixedrange=True)
+    # scaleanchor: should a narrow screen shrink the chart, its pixels stay square.
+    fig.update_yaxes(range=[height, 0], visible=False, fixedrange=True, scaleanchor="x", constrain="domain")
     fig.update_layout(
-        width=panel.width, height=panel.height + TITLE_HEIGHT, margin=dict(l=0, r=0, t=TITLE_HEIGHT, b=0),
+        width=width, height=height + TITLE_HEIGHT, margin=dict(l=0, r=0, t=TITLE_HEIGHT, b=0),
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", dragmode=False, hovermode="closest",
-        hoverdistance=-1, clickmode="event+select", showlegend=False,
-        annotations=[dict(text=f"<b>{title or panel.name}</b><br><span style='font-size:9px'>{subtitle}</span>",
-                          x=0.5, y=1, xref="paper", yref="paper", yanchor="bottom", showarrow=False,
-                          font=dict(size=11), align="center")],
+        hoverdistance=-1, clickmode="event+select", showlegend=False, annotations=annotations,
+        template="none",  # nothing here uses a template's styles: leave its 4 KB out of every run
     )
     return fig
+
+
+def _output_labels(fig: go.Figure, panel: Panel, probabilities, x: float) -> None:
+    """Each output cell's digit on its left and its probability on its right (the answer in bold)."""
+    p = _array(probabilities).astype(float).reshape(-1)
+    best = int(p.argmax())
+    ys = [b.centre[1] for b in panel.blocks]
+    fig.add_trace(go.Scatter(x=[x + OUTPUT_LABEL_W / 2] * len(ys), y=ys, mode="text", hoverinfo="skip",
+                             text=[f"<b>{d}</b>" if d == best else str(d) for d in range(len(ys))],
+                             textfont=dict(size=11), showlegend=False))
+    right = x + max(b.right for b in panel.blocks)
+    fig.add_trace(go.Scatter(x=[right + 3] * len(ys), y=ys, mode="text", textposition="middle right",
+                             hoverinfo="skip", showlegend=False, textfont=dict(size=10),
+                             text=[f"<b>{v:.0%}</b>" if d == best else (f"{v:.0%}" if v >= 0.005 else "")
+                                   for d, v in enumerate(p)]))
+
+
+def target_from_selection(selection) -> tuple[int, int] | None:
+    """(layer, block) of the click target picked in a :func:`group_figure`, from a Streamlit plotly selection."""
+    for point in (selection or {}).get("points") or []:
+        custom = point.get("customdata")
+        if isinstance(custom, dict):  # a row of a typed array arrives as {"0": layer, "1": block, ...}
+            custom = [custom.get(str(i)) for i in range(len(custom))]
+        if isinstance(custom, (list, tuple)) and len(custom) >= 2 and all(isinstance(c, (int, float)) for c in custom[:2]):
+            return int(round(custom[0])), int(round(custom[1]))
+    return None
 
 
 def shape_label(shape: Sequence[int]) -> str:

@@ -246,8 +246,24 @@ def _server_guards() -> bool:
     return True
 
 
+def _run_through_the_navigation() -> None:
+    """Make sure the page runs inside app.py's navigation (with its "Home" entry), not as a bare pages/ script.
+
+    With a pages/ folder beside app.py, Streamlit runs a page opened by its URL directly, with its old
+    automatic sidebar ("app" as the first entry), until app.py's st.navigation has run once in the process
+    and switched that off. Only the very first run of a server can be such a run: switch it off here and run
+    again, so the page comes through app.py like every later run.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False  # what st.navigation itself does
+        st.rerun()
+
+
 def model_picker() -> LoadedModel:
     """The sidebar's "Model" box; returns the selected model. Call it once per page run, before drawing the page."""
+    _run_through_the_navigation()
     _server_guards()
     register_finished_training()
     options = available_model_ids()
