@@ -279,6 +279,37 @@ def script_rerun(page, timeout_ms: int = TIMEOUT_MS):
     wait_for_script_idle(page, timeout_ms)  # a further rerun may have been queued meanwhile
 
 
+# --------------------------------------------------------------------------- the drawing canvas
+
+CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the mouse and touch events
+CANVAS_DRAWING = "canvas.dc-canvas.lower-canvas"  # the strokes, on the black background the canvas paints
+
+
+def draw(page, strokes: list[list[tuple[float, float]]], canvas: str = CANVAS_INPUT) -> None:
+    """Mouse strokes on a canvas (points in canvas fractions, 0..1 from the top left), waiting for the rerun of each."""
+    box = page.locator(canvas).first.bounding_box()
+    assert box is not None, "the canvas is not visible"
+    for stroke in strokes:
+        with script_rerun(page):
+            page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])
+            page.mouse.down()
+            for fx, fy in stroke[1:]:
+                page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=2)
+            page.mouse.up()
+
+
+def canvas_image(page, canvas: str = CANVAS_DRAWING):
+    """The drawing canvas's RGBA pixels (H, W, 4) uint8, read back from the browser."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    url = page.locator(canvas).first.evaluate("c => c.toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
+
+
 def error_texts(page) -> list[str]:
     """Texts of exception boxes and error alerts on the page (empty when all is well)."""
     found = []

@@ -14,7 +14,6 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 
 from __future__ import annotations
 
-import base64
 import gzip
 import io
 import os
@@ -24,13 +23,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import (
+    CANVAS_INPUT,
     DOCS_SCREENSHOT_DIR,
     SCREENSHOT_DIR,
     TIMEOUT_MS,
     VIEWPORT,
     assert_no_errors,
+    canvas_image,
     default_weights,
     discover_pages,
+    draw,
     follow_script_runs,
     script_rerun,
     wait_for_script_idle,
@@ -52,8 +54,6 @@ DOCS_MAX_BYTES = 250_000  # ...and kept under this size
 METRIC_VALUE = '[data-testid="stMetricValue"]'
 EXCEPTION = '[data-testid="stException"]'
 ERROR_ALERT = '[data-testid="stAlertContentError"]'
-CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the mouse events
-CANVAS_DRAWING = "canvas.dc-canvas.lower-canvas"  # the strokes, on a transparent background
 
 # Strokes in canvas fractions (0..1 from the top left). Each digit is drawn large and centred,
 # as the page asks; points are close together so Fabric records a smooth path.
@@ -139,30 +139,6 @@ def wait_for_rendering(page) -> None:
               && [...document.images].every(img => img.complete)""",
         timeout=TIMEOUT_MS,
     )
-
-
-def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
-    """Draw strokes on the canvas with the mouse, in small steps, waiting for the rerun each stroke causes."""
-    box = page.locator(CANVAS_INPUT).bounding_box()
-    assert box is not None, "the canvas is not visible"
-
-    def at(fx: float, fy: float) -> tuple[float, float]:
-        return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
-
-    for stroke in strokes:
-        with script_rerun(page):
-            page.mouse.move(*at(*stroke[0]))
-            page.mouse.down()
-            for point in stroke[1:]:
-                page.mouse.move(*at(*point), steps=2)
-            page.mouse.up()
-
-
-def canvas_image(page) -> np.ndarray:
-    """The drawing canvas's RGBA pixels, read back from the browser."""
-    url = page.locator(CANVAS_DRAWING).evaluate("c => c.toDataURL('image/png')")
-    data = base64.b64decode(url.split(",", 1)[1])
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
 
 
 def prediction_metric(page):

@@ -9,18 +9,18 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import re
 
-import numpy as np
 import pytest
 from browser import (
+    CANVAS_INPUT,
     SCREENSHOT_DIR,
     TIMEOUT_MS,
     VIEWPORT,
     assert_no_errors,
+    canvas_image,
+    draw,
     follow_script_runs,
     script_rerun,
     wait_for_script_idle,
@@ -34,8 +34,6 @@ except ImportError:
         raise
     pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
-CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the mouse events
-CANVAS_DRAWING = "canvas.dc-canvas.lower-canvas"  # the strokes
 SEVEN = [[(0.25 + 0.5 * i / 20, 0.2) for i in range(21)],
          [(0.75 - 0.3 * i / 30, 0.2 + 0.65 * i / 30) for i in range(31)]]
 
@@ -48,24 +46,6 @@ def page(browser, app_server):
     follow_script_runs(pg)
     yield pg
     context.close()
-
-
-def draw(page, strokes) -> None:
-    """Mouse strokes on the canvas (coordinates in canvas fractions), waiting for the rerun of each."""
-    box = page.locator(CANVAS_INPUT).bounding_box()
-    assert box is not None, "the canvas is not visible"
-    for stroke in strokes:
-        with script_rerun(page):
-            page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])
-            page.mouse.down()
-            for fx, fy in stroke[1:]:
-                page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=2)
-            page.mouse.up()
-
-
-def canvas_pixels(page) -> np.ndarray:
-    url = page.locator(CANVAS_DRAWING).evaluate("c => c.toDataURL('image/png')")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
 
 
 def test_b_drawn_with_the_mouse_and_the_png_download(page, app_server):
@@ -84,7 +64,7 @@ def test_b_drawn_with_the_mouse_and_the_png_download(page, app_server):
     draw(page, SEVEN)
     wait_for_script_idle(page)
 
-    drawn = preprocess(canvas_pixels(page))
+    drawn = preprocess(canvas_image(page))
     assert not drawn.blank
     model = load_checkpoint(shipped_model_paths()[default_model_id()]).model
     expected = trace(model, drawn.tensor).prediction

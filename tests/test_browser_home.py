@@ -9,7 +9,17 @@ import os
 import re
 
 import pytest
-from browser import TIMEOUT_MS, VIEWPORT, assert_no_errors, follow_script_runs, script_rerun, wait_for_script_idle
+from browser import (
+    CANVAS_DRAWING,
+    CANVAS_INPUT,
+    TIMEOUT_MS,
+    VIEWPORT,
+    assert_no_errors,
+    draw,
+    follow_script_runs,
+    script_rerun,
+    wait_for_script_idle,
+)
 
 try:
     from playwright.sync_api import expect
@@ -18,7 +28,6 @@ except ImportError:
         raise
     pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
-CANVAS_INPUT = "canvas.upper-canvas"
 BAR = [(0.28 + 0.44 * i / 20, 0.2) for i in range(21)]  # the top bar of a 7
 SLANT = [(0.72 - 0.26 * i / 30, 0.2 + 0.62 * i / 30) for i in range(31)]  # its stem
 INK_JS = """c => {
@@ -42,19 +51,12 @@ def prediction(page):
 
 
 def stroke(page, points) -> None:
-    box = page.locator(CANVAS_INPUT).bounding_box()
-    assert box is not None
-    with script_rerun(page):
-        page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
-        page.mouse.down()
-        for fx, fy in points[1:]:
-            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=2)
-        page.mouse.up()
+    draw(page, [points])
 
 
 def ink(page) -> int:
     """Canvas pixels covered by strokes (white on the black background the canvas draws)."""
-    return int(page.locator("canvas.dc-canvas.lower-canvas").evaluate(INK_JS))
+    return int(page.locator(CANVAS_DRAWING).evaluate(INK_JS))
 
 
 def wait_for_ink(page, check, what: str) -> int:

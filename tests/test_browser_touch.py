@@ -11,25 +11,23 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 from browser import (
+    CANVAS_INPUT,
     SCREENSHOT_DIR,
     TIMEOUT_MS,
     assert_no_errors,
+    canvas_image,
     default_weights,
     follow_script_runs,
     script_rerun,
     wait_for_script_idle,
 )
-from PIL import Image
 
 try:
     from playwright.sync_api import expect
@@ -39,8 +37,6 @@ except ImportError:
     pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
-CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the pointer and touch events
-CANVAS_DRAWING = "canvas.dc-canvas.lower-canvas"  # the strokes, on a transparent background
 REAL_MODEL_ACCURACY = 0.99  # below this the shipped weights are the placeholder: do not expect the right digit
 ONE = [(0.5, 0.15 + 0.70 * i / 30) for i in range(31)]  # a vertical line, top to bottom, in canvas fractions
 
@@ -80,12 +76,6 @@ def touch_stroke(page, points: list[tuple[float, float]]) -> None:
         touch("touchMove", fx, fy)
     touch("touchEnd", *points[-1])
     cdp.detach()
-
-
-def canvas_image(page) -> np.ndarray:
-    """The drawing canvas's RGBA pixels, read back from the browser."""
-    url = page.locator(CANVAS_DRAWING).evaluate("c => c.toDataURL('image/png')")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
 
 
 def prediction_value(page):
