@@ -8,42 +8,30 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import apptest_helpers as helpers
 import pytest
 import torch
+from apptest_helpers import session_model
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from cnn_core.architecture import layer_table
-from cnn_core.checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
-from cnn_core.model import CNNConfig, MLPConfig, build_model
+from cnn_core.checkpoint import LoadedModel
+from cnn_core.model import CNNConfig, MLPConfig
 from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
-from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY, Digit, model_id_of
+from ui.state import Digit
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Architecture.py")
 ARTICLE = "Back to AI Basics: CNNs"
 
 
 def own_model(config, seed: int = 0) -> LoadedModel:
-    torch.manual_seed(seed)
-    model = build_model(config).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    card = {"name": "variant", "architecture": config.to_dict(), "sha256": sha256_bytes(state_dict_bytes(model))}
-    return LoadedModel(model, config, card)
+    return session_model(config, seed=seed)
 
 
 def run_page(loaded: LoadedModel | None = None, digit: Digit | None = None) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    if loaded is not None:
-        model_id = model_id_of(loaded)
-        at.session_state[OWN_MODELS_KEY] = {model_id: loaded}
-        at.session_state[MODEL_KEY] = model_id
-    if digit is not None:
-        at.session_state[DIGIT_KEY] = digit
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return helpers.run_page(PAGE, model=loaded, digit=digit, timeout=120)
 
 
 def text(at: AppTest) -> str:

@@ -11,6 +11,7 @@ import io
 import json
 from pathlib import Path
 
+import apptest_helpers as helpers
 import numpy as np
 import pytest
 import torch
@@ -26,7 +27,7 @@ from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from cnn_core.unit_sources import shown_layers, unit_sources
 from ui import overview as ov
-from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY, Digit, model_id_of
+from ui.state import Digit
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "0_Overview.py")
 SELECTED = "ov_selected"
@@ -56,18 +57,8 @@ def own_model(config, seed: int = 0) -> LoadedModel:
 
 
 def run_page(loaded: LoadedModel | None = None, digit: Digit | None = None, selected: dict | None = None) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    if loaded is not None:
-        model_id = model_id_of(loaded)
-        at.session_state[OWN_MODELS_KEY] = {model_id: loaded}
-        at.session_state[MODEL_KEY] = model_id
-    if digit is not None:
-        at.session_state[DIGIT_KEY] = digit
-    if selected is not None:
-        at.session_state[SELECTED] = selected
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return helpers.run_page(PAGE, model=loaded, digit=digit, state={SELECTED: selected} if selected else None,
+                            timeout=120)
 
 
 def sample_digit(i: int = 3) -> Digit:

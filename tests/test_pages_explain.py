@@ -12,11 +12,12 @@ import json
 import re
 from pathlib import Path
 
+import apptest_helpers as helpers
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from apptest_helpers import chart, decode
+from apptest_helpers import chart, decode, session_model
 from streamlit.testing.v1 import AppTest
 
 from cnn_core import explain, measure
@@ -26,11 +27,11 @@ from cnn_core.convolution import conv_layer_names
 from cnn_core.data import take
 from cnn_core.explain import IG_MAX_STEPS, IG_TOLERANCE, cells_in_padding, integrated_gradients, top_activating
 from cnn_core.introspect import forward_layers, trace
-from cnn_core.model import CNNConfig, MLPConfig, build_model, count_parameters
+from cnn_core.model import CNNConfig, MLPConfig, count_parameters
 from cnn_core.preprocess import normalise
 from ui import explain_figures as xf
 from ui.figures import DIVERGING
-from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY, SHIPPED_ID, Digit, model_id_of
+from ui.state import SHIPPED_ID, Digit
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 EXPLAIN_PAGES = ["5_Convolution.py", "6_Receptive_field.py", "7_Filters.py", "8_Why_this_digit.py"]
@@ -47,35 +48,14 @@ CNN_VARIANTS = ["k5-avg", "p0-relu"]
 
 def run_page(name: str, pixels: np.ndarray | None = None, source: str = "test digit",
              model: LoadedModel | None = None, state: dict | None = None) -> AppTest:
-    """Run a page once. ``model`` becomes this session's own model and is selected, as ui.state.register_model
-    does; without it the shipped CNN is selected. ``state`` is set in session state first (widget values too)."""
-    at = AppTest.from_file(str(PAGES / name), default_timeout=300)
-    for key, value in (state or {}).items():
-        at.session_state[key] = value
-    if pixels is not None:
-        at.session_state[DIGIT_KEY] = Digit(pixels, source)
-    if model is not None:
-        model_id = model_id_of(model)
-        at.session_state[OWN_MODELS_KEY] = {model_id: model}
-        at.session_state[MODEL_KEY] = model_id
-    else:
-        at.session_state[MODEL_KEY] = SHIPPED_ID
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    """Run a page once with ``model`` as this session's own selected model (else the shipped CNN)."""
+    return helpers.run_page(PAGES / name, model=model, digit=None if pixels is None else Digit(pixels, source),
+                            state=state, select=SHIPPED_ID)
 
 
 def random_model(config, name: str) -> LoadedModel:
     """An eval-mode model with random weights (seeded), as a session's own model would be."""
-    model = build_model(config)
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return LoadedModel(model=model, config=config, card={"name": name, "sha256": f"test-{name}"})
+    return session_model(config, name, scale=0.3)
 
 
 def variant(name: str) -> LoadedModel:

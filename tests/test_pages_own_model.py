@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from apptest_helpers import chart, decode
+from apptest_helpers import chart, decode, session_model
 from streamlit.testing.v1 import AppTest
 
-from cnn_core.checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
+from cnn_core.checkpoint import LoadedModel
 from cnn_core.introspect import trace
-from cnn_core.model import CNNConfig, MLPConfig, build_model
+from cnn_core.model import CNNConfig, MLPConfig
 from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from ui.state import (
@@ -63,13 +62,7 @@ def ok(at: AppTest) -> AppTest:
 
 def random_model(config, name: str, seed: int = 0) -> LoadedModel:
     """An untrained model with a card like the app gives its own models (the sha256 is the weights')."""
-    torch.manual_seed(seed)
-    model = build_model(config).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)  # as the app's own models (cnn_core.jobs, cnn_core.checkpoint)
-    card = {"name": name, "architecture": config.to_dict(), "sha256": sha256_bytes(state_dict_bytes(model)),
-            "parameters": sum(p.numel() for p in model.parameters())}
-    return LoadedModel(model, config, card)
+    return session_model(config, name, seed=seed, scale=None)
 
 
 def own(loaded: LoadedModel) -> tuple[str, dict[str, LoadedModel]]:
@@ -128,7 +121,15 @@ def test_a_session_keeps_at_most_max_own_models():
 
         from cnn_core.checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
         from cnn_core.model import MLPConfig, build_model
-        from ui.state import MAX_OWN_MODELS, forget_model, get_model, own_models, register_model, selected_model_id
+        from ui.state import (
+            MAX_OWN_MODELS,
+            default_model_id,
+            forget_model,
+            get_model,
+            own_models,
+            register_model,
+            selected_model_id,
+        )
 
         ids = []
         for seed in range(MAX_OWN_MODELS + 2):
@@ -139,7 +140,7 @@ def test_a_session_keeps_at_most_max_own_models():
         st.markdown(f"kept {list(own_models()) == [ids[0], *ids[3:]]}")  # the selected stays, the oldest others go
         st.markdown(f"selected {selected_model_id() == ids[0] and get_model().name == 'm0'}")
         forget_model(ids[0])
-        st.markdown(f"forgotten {ids[0] not in own_models() and selected_model_id() == 'shipped:cnn'}")
+        st.markdown(f"forgotten {ids[0] not in own_models() and selected_model_id() == default_model_id()}")
 
     at = AppTest.from_function(script, default_timeout=60)
     ok(at)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from apptest_helpers import chart, decode
+from apptest_helpers import chart, decode, session_model
 from streamlit.testing.v1 import AppTest
 from test_jobs import GatedTraining, generated_digits
 
@@ -30,7 +30,6 @@ from cnn_core.checkpoint import (
     card_path_for,
     save_checkpoint,
     sha256_bytes,
-    state_dict_bytes,
 )
 from cnn_core.data import IMAGES_MAGIC, LABELS_MAGIC, MnistSplit
 from cnn_core.introspect import trace
@@ -92,15 +91,7 @@ def everything_said(at: AppTest) -> list[str]:
 
 def random_model(config, name: str, seed: int = 0) -> LoadedModel:
     """An untrained model with a card like the app gives its own models (the sha256 is the weights')."""
-    model = build_model(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            p.requires_grad_(False)
-    card = {"name": name, "architecture": config.to_dict(), "sha256": sha256_bytes(state_dict_bytes(model)),
-            "parameters": sum(p.numel() for p in model.parameters())}
-    return LoadedModel(model, config, card)
+    return session_model(config, name, seed=seed, scale=0.1)
 
 
 def own_models_of(at: AppTest) -> dict:

@@ -10,15 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from apptest_helpers import run_page, session_model
 from streamlit.testing.v1 import AppTest
 
 from cnn_core.architecture import layer_table, nonlinear_layers, total_parameters
-from cnn_core.checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
+from cnn_core.checkpoint import LoadedModel
 from cnn_core.evaluate import evaluate
-from cnn_core.model import CNNConfig, MLPConfig, ModelConfig, build_model, count_parameters
+from cnn_core.model import CNNConfig, MLPConfig, ModelConfig, count_parameters
 from cnn_core.params import cnn_param_count_for_input
-from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY, Digit, model_id_of
+from ui.state import Digit
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "pages").glob("*.py"))
@@ -33,22 +33,11 @@ VARIANTS: dict[str, ModelConfig] = {
 
 def variant(name: str) -> LoadedModel:
     """A randomly initialised model of the variant (seeded), as a session model with a card like an upload's."""
-    torch.manual_seed(0)
-    config = VARIANTS[name]
-    model = build_model(config).eval()
-    card = {"name": f"variant {name}", "origin": "uploaded", "architecture": config.to_dict(),
-            "sha256": sha256_bytes(state_dict_bytes(model)), "parameters": count_parameters(model)}
-    return LoadedModel(model, config, card)
+    return session_model(VARIANTS[name], f"variant {name}", origin="uploaded")
 
 
 def run(page: Path, loaded: LoadedModel, pixels=None) -> AppTest:
-    at = AppTest.from_file(str(page), default_timeout=300)
-    at.session_state[OWN_MODELS_KEY] = {model_id_of(loaded): loaded}
-    at.session_state[MODEL_KEY] = model_id_of(loaded)
-    if pixels is not None:
-        at.session_state[DIGIT_KEY] = Digit(pixels, "test digit")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = run_page(page, model=loaded, digit=None if pixels is None else Digit(pixels, "test digit"))
     assert not at.error, [e.value for e in at.error]
     return at
 
