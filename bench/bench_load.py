@@ -198,7 +198,7 @@ class ServerMessages:
             return
         try:
             msg = self._parse(payload)
-        except Exception:  # noqa: BLE001 - not a ForwardMsg: nothing to follow
+        except Exception:
             return
         kind = msg.WhichOneof("type")
         if kind == "script_finished":
@@ -278,7 +278,7 @@ async def screenshot(page, session: int, artifacts: Path | None) -> None:
     try:
         artifacts.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(artifacts / f"session-{session}.png"), timeout=10_000)
-    except Exception:  # noqa: BLE001 - the page may be gone
+    except Exception:
         pass
 
 

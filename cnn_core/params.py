@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .architecture import layer_table
+from .architecture import layer_table, window_of
 from .model import NUM_CLASSES, CNNConfig, MnistCNN, count_parameters
 
 
@@ -60,9 +60,11 @@ def cnn_param_count_for_input(model: nn.Module, hwc: Sequence[int]) -> int:
     rows = layer_table(model, (c, h, w))
     total = 0
     for before, layer in zip(rows, model.children()):  # rows[i] is the input of child i
-        if isinstance(layer, nn.Conv2d):
-            layer = nn.Conv2d(before.output_shape[0], layer.out_channels, layer.kernel_size, layer.stride,
-                              layer.padding, bias=layer.bias is not None, device="meta")
+        window = window_of(layer)
+        if isinstance(layer, nn.Conv2d) and window is not None:
+            kernel, stride, padding = window
+            layer = nn.Conv2d(before.output_shape[0], layer.out_channels, kernel, stride, padding,
+                              bias=layer.bias is not None, device="meta")
         elif isinstance(layer, nn.Linear):
             layer = nn.Linear(math.prod(before.output_shape), layer.out_features, bias=layer.bias is not None,
                               device="meta")

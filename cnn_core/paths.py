@@ -34,7 +34,7 @@ def project_root() -> Path:
     """
     if os.environ.get(HOME_ENV):
         return Path(os.environ[HOME_ENV]).expanduser().resolve()
-    if (_SOURCE_ROOT / "models").is_dir():
+    if (_SOURCE_ROOT / "app.py").is_file():
         return _SOURCE_ROOT
     installed = Path(sys.prefix) / "share" / "cnn-explorer"
     return installed if installed.is_dir() else _SOURCE_ROOT
