@@ -11,7 +11,7 @@ from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
 from cnn_core.preprocess import MAX_UPLOAD_BYTES, ImageError, Preprocessed, load_image, preprocess, to_greyscale
-from ui.figures import probability_bars
+from ui.bars import probability_bars_html
 from ui.state import (
     clear_digit,
     current_digit,
@@ -224,8 +224,7 @@ def reader() -> None:
             if verdict.warning:
                 st.warning(verdict.warning)
     with right:
-        st.plotly_chart(probability_bars(verdict.probabilities, title=verdict.probabilities_title),
-                        key="probabilities", config={"displayModeBar": False})
+        st.html(probability_bars_html(verdict.probabilities, verdict.probabilities_title))
         st.container(key="input_narrow").image(_enlarged(digit.pixels), caption="What the network sees (28×28)",
                                                width=112)
         st.caption(f"Input: {plain(digit.source)}. Answered by **{model_label_md(selected_model_id())}**.")
