@@ -13,7 +13,7 @@ from ui.figures import PROB_COLOUR, TOP_COLOUR
 def test_bar_heights_and_labels_are_the_probabilities():
     p = np.array([0.001, 0.6, 0.1, 0.05, 0.05, 0.05, 0.05, 0.049, 0.03, 0.02])
     html = probability_bars_html(p, "Probabilities <calibrated>")
-    heights = [float(h) for h in re.findall(r"height:([\d.]+)%", html)]
+    heights = [float(h) for h in re.findall(r"cnnx-fill\" style=\"height:([\d.]+)%", html)]
     assert heights == [round(v * 100, 1) for v in p]
     assert re.findall(r'aria-label="digit (\d): ', html) == [str(d) for d in range(10)]
     colours = re.findall(r"background:(#[0-9a-f]{6})", html)
