@@ -5,8 +5,8 @@
 It finds the app's files (``app.py``, ``pages/``, ``ui/``, ``models/``, ``data/``,
 ``.streamlit/config.toml``) through :func:`cnn_core.paths.project_root` (``$CNN_EXPLORER_HOME``, the
 source checkout, or ``<prefix>/share/cnn-explorer`` of an installed package) and becomes
-``python -m streamlit run <root>/app.py [options...]`` with this interpreter. Every option is passed
-through to ``streamlit run``. Streamlit reads the ``.streamlit/config.toml`` beside the script it
+``python -m ui.server [options...]`` with this interpreter: the app's launcher, which warms up and then
+runs ``streamlit run <root>/app.py [options...]``. Every option is passed through to ``streamlit run``. Streamlit reads the ``.streamlit/config.toml`` beside the script it
 runs, so the shipped settings (upload limit, headless, no file watcher) apply whatever folder the
 command is started from; options given here override them.
 
@@ -39,9 +39,17 @@ def missing_files(root: Path) -> list[str]:
     return [name for name in REQUIRED if not (root / name).exists()]
 
 
-def streamlit_command(root: Path, options: Sequence[str]) -> list[str]:
-    """The command that serves the app in ``root`` with this interpreter, ``options`` passed through."""
-    return [sys.executable, "-m", "streamlit", "run", str(root / "app.py"), *options]
+def streamlit_command(root: Path, options: Sequence[str],
+                      environ: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command (and its environment) that serves the app in ``root`` with this interpreter.
+
+    ``python -m ui.server``, the app's own launcher, run with ``root`` first on the path: it imports PyTorch
+    and loads the shipped models, then hands over to ``streamlit run <root>/app.py`` with ``options``, so
+    the first visitor does not wait for them.
+    """
+    env = dict(os.environ if environ is None else environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    return [sys.executable, "-m", "ui.server", *options], env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,13 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: Streamlit is not installed in {sys.prefix} (pip install -r requirements.txt).",
               file=sys.stderr)
         return 2
-    command = streamlit_command(root, options)
+    command, env = streamlit_command(root, options)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         # exec, not a child process: Ctrl-C and `docker stop`'s SIGTERM reach Streamlit itself, and no
         # idle parent interpreter is left holding memory.
-        os.execv(command[0], command)
+        os.execve(command[0], command, env)
     except OSError as e:
         print(f"{PROG}: error: cannot start {command[0]}: {e}", file=sys.stderr)
         return 1

@@ -107,8 +107,12 @@ def start_streamlit(script: str = "app.py", timeout_s: float = SERVER_START_TIME
     """
     port = free_port()
     log_file = tempfile.NamedTemporaryFile("wb", prefix="streamlit-", suffix=".log", delete=False)
+    # The app is started the way `cnn-explorer` and run.sh start it (cnn_core/cli.py, then ui/server.py);
+    # any other script with plain `streamlit run`.
+    start = [sys.executable, "-m", "cnn_core.cli"] if script == "app.py" else [sys.executable, "-m", "streamlit",
+                                                                               "run", script]
     cmd = [
-        sys.executable, "-m", "streamlit", "run", script,
+        *start,
         "--server.port", str(port),
         "--server.address", "127.0.0.1",
         "--server.headless", "true",

@@ -39,10 +39,24 @@ START_TIMEOUT_S = 120
 # --------------------------------------------------------------------------- the command, in this checkout
 
 
-def test_cli_passes_options_through_to_streamlit_run():
-    assert cli.streamlit_command(Path("/srv/app"), ["--server.port", "8502", "--server.address", "0.0.0.0"]) == [
-        sys.executable, "-m", "streamlit", "run", "/srv/app/app.py", "--server.port", "8502", "--server.address",
-        "0.0.0.0"]
+def test_cli_passes_options_through_to_streamlit_run(monkeypatch):
+    options = ["--server.port", "8502", "--server.address", "0.0.0.0"]
+    command, env = cli.streamlit_command(Path("/srv/app"), options, {"PYTHONPATH": "/elsewhere"})
+    assert command == [sys.executable, "-m", "ui.server", *options]
+    assert env["PYTHONPATH"].split(os.pathsep) == ["/srv/app", "/elsewhere"]  # the app's launcher is found first
+    # ...and the launcher hands the options to `streamlit run app.py` once the shipped models are loaded.
+    import streamlit.web.cli
+
+    import ui.server
+    import ui.state
+
+    seen = {}
+    monkeypatch.setattr(streamlit.web.cli, "main", lambda: seen.setdefault("argv", list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["ui.server"])
+    ui.state.load_shipped.cache_clear()
+    ui.server.main(options)
+    assert seen["argv"] == ["streamlit", "run", str(ROOT / "app.py"), *options]
+    assert ui.state.load_shipped.cache_info().currsize == len(ui.state.shipped_model_paths())
 
 
 def test_cli_finds_the_app_of_this_checkout():

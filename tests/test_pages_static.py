@@ -283,14 +283,14 @@ def test_model_page_shows_a_full_card_with_its_history(monkeypatch, tmp_path, sh
         return loaded
 
     monkeypatch.setattr(ui.state, "load_checkpoint", load_with_full_card)
-    ui.state._load.clear()  # the cached shipped model must not answer for the patched loader
+    ui.state.load_shipped.cache_clear()  # the cached shipped model must not answer for the patched loader
     try:
         at = AppTest.from_file(MODEL, default_timeout=180)
         at.session_state[ui.state.MODEL_KEY] = ui.state.SHIPPED_ID
         at.run()
         assert not at.exception
     finally:
-        ui.state._load.clear()  # later tests get the real card again
+        ui.state.load_shipped.cache_clear()  # later tests get the real card again
     text = all_text(at)
     assert f"`{plain(extra['command'], limit=300)}`" in text and "**Seed**: 7" in text
     assert f"10,000 digits from `{plain('D/train')}`" in text

@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,19 @@ class Digit:
         return hashlib.sha256(np.ascontiguousarray(self.pixels, dtype=np.float32).tobytes()).hexdigest()
 
 
-@st.cache_resource(max_entries=8, show_spinner="Loading the pretrained network...")
-def _load(path: str) -> LoadedModel:
+@lru_cache(maxsize=8)
+def load_shipped(path: str) -> LoadedModel:
+    """A shipped weights file, loaded once per process (read only: the model is never changed).
+
+    A plain process-wide cache rather than st.cache_resource, so that ui/server.py can fill it before the
+    server takes its first visitor.
+    """
     return load_checkpoint(path)
 
 
 def _load_or_stop(path: str) -> LoadedModel:
     try:
-        return _load(path)
+        return load_shipped(path)
     except WeightsError as e:
         st.error(f"The network could not be loaded: {e}")
         st.stop()
@@ -306,7 +312,7 @@ def get_trace(digit: Digit, path: str | None = None, model_id: str | None = None
 # --- measurements over the test digits --------------------------------------------------------------------
 
 
-@st.cache_resource(max_entries=1, show_spinner="Loading the test digits...")
+@lru_cache(maxsize=1)
 def get_test_sets() -> TestSets:
     """The bundled test digits every page measures on (loaded once per process, read only)."""
     return load_test_sets()
@@ -345,7 +351,7 @@ def measurements(loaded: LoadedModel, model_id: str | None = None) -> Measuremen
     sets = get_test_sets()
     paths = shipped_model_paths()
     shipped_path = paths.get(model_id or "") or next(
-        (p for p in paths.values() if _load(p).identity == loaded.identity), None)
+        (p for p in paths.values() if load_shipped(p).identity == loaded.identity), None)
     if shipped_path is not None:
         stored = load_stored(shipped_path, loaded, sets)
         if stored is not None:
