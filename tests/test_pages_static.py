@@ -9,8 +9,10 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from apptest_helpers import run_page
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
@@ -237,19 +239,32 @@ def test_model_page_takes_no_path_from_the_visitor():
     assert not at.text_input, [t.key for t in at.text_input]
 
 
-def test_a_mistake_opens_in_the_explorer(test_split, shipped):
+def test_a_mistake_opens_in_the_explorer(test_split, shipped, monkeypatch):
+    """"Open in Feature maps" makes the mistake the current digit and switches to a page the navigation has."""
+    import streamlit
+
     import ui.state
 
+    switched = []
+
+    def switch_page(page):
+        switched.append(page)
+        streamlit.stop()  # as st.switch_page ends the run
+
+    monkeypatch.setattr(streamlit, "switch_page", switch_page)  # a page run alone has no navigation to switch in
     expected = evaluate(shipped.model, test_split)
-    at = AppTest.from_file(MODEL, default_timeout=180)
-    at.session_state[ui.state.MODEL_KEY] = ui.state.SHIPPED_ID
-    at.run()
+    at = run_page(MODEL, select=ui.state.SHIPPED_ID)
     at.button(key="mnist_open").click().run()
-    assert not at.exception
+    assert not at.exception, [e.value for e in at.exception]
     first = int(expected.misclassified[0])
     digit = at.session_state[ui.state.DIGIT_KEY]
-    assert (digit.pixels == test_split.images[first].numpy() / 255).all()
+    assert np.array_equal(digit.pixels, test_split.images[first].numpy().astype(np.float32) / 255)
     assert f"#{first}" in digit.source
+    assert len(switched) == 1
+    app = AppTest.from_file(str(PAGES.parent / "app.py"), default_timeout=180)
+    app.run()
+    app.switch_page(switched[0]).run()  # the page the button opens is one the app's navigation serves
+    assert not app.exception and app.title[0].value == "Feature maps"
 
 
 def test_training_curves_read_the_history_train_writes():

@@ -91,7 +91,7 @@ def clickable_heatmap(values, title: str = "", colorscale=DIVERGING, zmid: float
     One invisible marker sits on each cell centre and answers hover and clicks; the heatmap itself
     only draws.
     """
-    z = _array(values).astype(float)
+    z = _array(values).astype(np.float32)
     h, w = z.shape
     if zmid is not None and zmin is None and zmax is None:
         lim = _limit(z)
@@ -123,7 +123,7 @@ def column_heatmap(values, colorscale="Viridis", marked_column: int | None = Non
     One invisible point per column, at mid-height: with no hover distance limit the nearest point is
     the nearest column wherever the click lands in it, so a (C_in, C_out) map sends C_out points, not C_in x C_out.
     """
-    z = _array(values).astype(float)
+    z = _array(values).astype(np.float32)
     h, w = z.shape
     fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, showscale=True, colorbar=dict(thickness=10),
                                hoverinfo="skip"))
@@ -168,7 +168,7 @@ def sliding_window(padded, padding: tuple[int, int], top: int, left: int, span: 
 
     Coordinates are the input's own: the zero border has negative indices and indices past the edge.
     """
-    z = _array(padded).astype(float)
+    z = _array(padded).astype(np.float32)
     ph, pw = padding
     h, w = z.shape[0] - 2 * ph, z.shape[1] - 2 * pw
     xs, ys = np.arange(-pw, w + pw), np.arange(-ph, h + ph)
@@ -199,7 +199,7 @@ def number_grid(values, title: str = "", colorscale=DIVERGING, in_padding=None, 
     Colours span ``zrange`` (e.g. the range of the whole map the cells come from), else a range
     symmetric about zero, so that white means 0 on the default diverging scale.
     """
-    z = _array(values).astype(float)
+    z = _array(values).astype(np.float32)
     # A 5x5 or 7x7 kernel gets a taller figure: each cell keeps room for a readable "-0.42".
     height = max(height, GRID_CELL_PX * z.shape[0] + (30 if title else 5) + 5)
     pad = np.zeros_like(z, dtype=bool) if in_padding is None else _array(in_padding).astype(bool)
@@ -231,7 +231,7 @@ def channel_contributions(per_channel, highlight: Sequence[int] = (), height: in
 
     ``products``: how many products each bar sums (kh x kw of the filter: 9 for 3x3, 25 for 5x5).
     """
-    v = _array(per_channel).astype(float).ravel()
+    v = _array(per_channel).astype(np.float32).ravel()
     colours = [POSITIVE if x >= 0 else NEGATIVE for x in v]
     fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=colours,
                            marker_line=dict(color=["black" if i in highlight else "rgba(0,0,0,0)"
@@ -251,7 +251,7 @@ def receptive_field_view(pixels, region: Region, title: str = "", height: int = 
                          margin: int | None = None) -> go.Figure:
     """The 28x28 input with the region a unit sees drawn on it; what falls outside the image shows on a
     paper-coloured border (the padding)."""
-    z = _array(pixels).astype(float)
+    z = _array(pixels).astype(np.float32)
     h, w = z.shape
     if margin is None:
         margin = max(0, -region.top, -region.left, region.bottom - (h - 1), region.right - (w - 1))
@@ -273,7 +273,7 @@ def receptive_field_view(pixels, region: Region, title: str = "", height: int = 
 
 def unit_bars(values, selected: int | None = None, title: str = "", height: int = 240) -> go.Figure:
     """A vector of units as clickable bars, the selected one highlighted."""
-    v = _array(values).astype(float).ravel()
+    v = _array(values).astype(np.float32).ravel()
     fig = go.Figure(go.Bar(x=list(range(len(v))), y=v,
                            marker_color=[TOP_COLOUR if i == selected else PROB_COLOUR for i in range(len(v))],
                            hovertemplate="unit %{x}: %{y:.3f}<br>click to pick<extra></extra>"))
@@ -292,7 +292,7 @@ def digit_with_box(pixels, region: Region | None = None, scale: int = 4,
 
     An image rather than a Plotly heatmap: a gallery of ten digits costs a few kB instead of ~100 kB of JSON.
     """
-    grey = np.rint(np.clip(_array(pixels).astype(float), 0, 1) * 255).astype(np.uint8)
+    grey = np.rint(np.clip(_array(pixels).astype(np.float32), 0, 1) * 255).astype(np.uint8)
     rgb = np.kron(np.repeat(grey[..., None], 3, axis=2), np.ones((scale, scale, 1), dtype=np.uint8))
     if region is not None:
         r = region.clipped(grey.shape[0], grey.shape[1])
@@ -313,7 +313,7 @@ def tile_grid(maps, cols: int = 8, colorscale=DIVERGING, zmid: float | None = 0.
     With ``clickable`` an invisible point on each tile answers clicks: read it back with
     :func:`tile_from_selection`. One colour scale for all tiles (symmetric about 0 when ``zmid`` is 0).
     """
-    m = _array(maps).astype(float)
+    m = _array(maps).astype(np.float32)
     c, h, w = m.shape
     cols = max(1, min(cols, c))
     rows = math.ceil(c / cols)
@@ -366,8 +366,8 @@ def tile_from_selection(selection) -> int | None:
 
 def saliency_overlay(pixels, attributions, title: str = "", height: int = 380) -> go.Figure:
     """The digit in grey with its attributions laid over it: red pixels raise the score, blue ones lower it."""
-    img = _array(pixels).astype(float)
-    a = _array(attributions).astype(float)
+    img = _array(pixels).astype(np.float32)
+    a = _array(attributions).astype(np.float32)
     # A few pixels often dominate; a high percentile as the colour limit keeps the rest visible.
     nonzero = np.abs(a[a != 0])
     lim = float(np.percentile(nonzero, 98)) if nonzero.size else 1.0
@@ -389,7 +389,7 @@ def shift_curves(shifts: Sequence[int], horizontal, vertical, digit: int, height
     fig = go.Figure()
     for name, values, colour in (("moved right (+) / left (−)", horizontal, PROB_COLOUR),
                                  ("moved down (+) / up (−)", vertical, TOP_COLOUR)):
-        fig.add_trace(go.Scatter(x=list(shifts), y=_array(values).astype(float), name=name, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=list(shifts), y=_array(values).astype(np.float32), name=name, mode="lines+markers",
                                  line=dict(color=colour),
                                  hovertemplate="shift %{x:+d} px: %{y:.1%}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10), title=title or None,
@@ -402,7 +402,7 @@ def shift_curves(shifts: Sequence[int], horizontal, vertical, digit: int, height
 
 def shift_grid(shifts: Sequence[int], probabilities, digit: int, height: int = 330, title: str = "") -> go.Figure:
     """Probability of ``digit`` for every (dx, dy) shift: rows dy (down is positive), columns dx."""
-    z = _array(probabilities).astype(float)
+    z = _array(probabilities).astype(np.float32)
     labels = [f"{s:+d}" if s else "0" for s in shifts]
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1,
                                colorbar=dict(thickness=10, tickformat=".0%"),

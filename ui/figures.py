@@ -25,7 +25,7 @@ def _array(x) -> np.ndarray:
 
 def probability_bars(probabilities, height: int = 260, title: str = "Output probabilities (softmax)") -> go.Figure:
     """The ten class probabilities as bars, the predicted digit highlighted."""
-    p = _array(probabilities).astype(float)
+    p = _array(probabilities).astype(np.float32)
     top = int(p.argmax())
     fig = go.Figure(go.Bar(
         x=[str(d) for d in range(10)], y=p,
@@ -43,7 +43,7 @@ def image_heatmap(values, title: str = "", colorscale: str = "gray", zmid: float
                   height: int = 300, showscale: bool = False, zmin: float | None = None,
                   zmax: float | None = None) -> go.Figure:
     """One 2-D array as a square heatmap with row 0 at the top (zmin/zmax fix the colour range)."""
-    z = _array(values).astype(float)
+    z = _array(values).astype(np.float32)
     fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, zmid=zmid, zmin=zmin, zmax=zmax, showscale=showscale,
                                colorbar=dict(thickness=10),
                                hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra></extra>"))
@@ -56,7 +56,7 @@ def image_heatmap(values, title: str = "", colorscale: str = "gray", zmid: float
 
 def mosaic(maps, cols: int = 8, gap: int = 1) -> np.ndarray:
     """Tile (C, H, W) maps into one 2-D array, C in rows of ``cols``, separated by NaN gaps."""
-    m = _array(maps).astype(float)
+    m = _array(maps).astype(np.float32)
     c, h, w = m.shape
     rows = math.ceil(c / cols)
     out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
@@ -128,7 +128,7 @@ def feature_map_grid(maps, cols: int = 8, title: str = "", colorscale: str = "Vi
     each tile, so that a click selects the tile under the pointer; read the click back with
     :func:`channel_from_selection`. Cell (row, col) of :func:`mosaic` is at y=row, x=col.
     """
-    m = _array(maps).astype(float)
+    m = _array(maps).astype(np.float32)
     c, h, w = m.shape
     z = mosaic(m, cols)
     rows = math.ceil(c / cols)
@@ -192,7 +192,7 @@ def channel_from_selection(selection, shape: tuple[int, int, int], cols: int = 8
 
 def kernel_heatmap(weights, title: str = "", height: int = 220) -> go.Figure:
     """A small 2-D kernel with its weights written in the cells; blue negative, red positive."""
-    w = _array(weights).astype(float)
+    w = _array(weights).astype(np.float32)
     limit = float(np.abs(w).max()) or 1.0  # symmetric range: white is exactly zero
     fig = go.Figure(go.Heatmap(z=w, colorscale=DIVERGING, zmin=-limit, zmax=limit, showscale=False,
                                texttemplate="%{z:.2f}", textfont=dict(size=13),
@@ -208,7 +208,7 @@ def kernel_heatmap(weights, title: str = "", height: int = 220) -> go.Figure:
 
 def zeroed_mask(before, title: str = "", height: int = 300) -> go.Figure:
     """Where ReLU zeroed a map: the cells that were negative before it, in red."""
-    z = (_array(before).astype(float) < 0).astype(float)
+    z = (_array(before).astype(np.float32) < 0).astype(np.float32)
     fig = go.Figure(go.Heatmap(z=z, colorscale=[[0, "#f2f2f2"], [1, TOP_COLOUR]], zmin=0, zmax=1,
                                showscale=False,
                                hovertemplate="row %{y}, col %{x}: %{z:.0f}<extra></extra>"))
@@ -223,7 +223,7 @@ def zeroed_mask(before, title: str = "", height: int = 300) -> go.Figure:
 def pool_winners(before, window: int = 2, title: str = "", height: int = 300,
                  colorscale: str = "Viridis", zmin: float | None = None, zmax: float | None = None) -> go.Figure:
     """A map before max pooling, a dot on the cell that wins each ``window`` x ``window`` block."""
-    z = _array(before).astype(float)
+    z = _array(before).astype(np.float32)
     rows, cols = z.shape[0] // window, z.shape[1] // window  # pooling drops a ragged edge
     blocks = z[: rows * window, : cols * window].reshape(rows, window, cols, window).transpose(0, 2, 1, 3)
     best = blocks.reshape(rows, cols, window * window).argmax(axis=2)
@@ -246,7 +246,7 @@ def pool_winners(before, window: int = 2, title: str = "", height: int = 300,
 def activation_bars(values, title: str = "", height: int = 260, highlight: int | None = None,
                     x_title: str = "unit", y_title: str = "activation") -> go.Figure:
     """A 1-D vector as bars (negative bars below zero), one bar optionally highlighted."""
-    v = _array(values).astype(float).ravel()
+    v = _array(values).astype(np.float32).ravel()
     colours = [TOP_COLOUR if i == highlight else PROB_COLOUR for i in range(len(v))]
     fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=colours,
                            hovertemplate=f"{x_title} %{{x}}: %{{y:.3f}}<extra></extra>"))
@@ -260,7 +260,7 @@ def vector_strip(values, title: str = "", colorscale: str = "Viridis", height: i
                  zmid: float | None = None, highlight: tuple[int, int] | None = None,
                  zmin: float | None = None, zmax: float | None = None, showscale: bool = True) -> go.Figure:
     """A 1-D vector as a one-row heatmap strip; ``highlight`` = (start, stop) outlines units start..stop-1."""
-    v = _array(values).astype(float).reshape(1, -1)
+    v = _array(values).astype(np.float32).reshape(1, -1)
     # The strip and its colour bar get fixed shares of the width, so strips stacked on a page line up
     # unit for unit whatever the colour bar's labels.
     fig = go.Figure(go.Heatmap(z=v, colorscale=colorscale, zmid=zmid, zmin=zmin, zmax=zmax,
@@ -278,7 +278,7 @@ def vector_strip(values, title: str = "", colorscale: str = "Viridis", height: i
 
 def mask_strip(dropped, title: str = "", height: int = 110) -> go.Figure:
     """A 0/1 vector of dropped units as a strip, dropped in red; as wide as a :func:`vector_strip`."""
-    fig = vector_strip(_array(dropped).astype(float), title, colorscale=[[0, "#f2f2f2"], [1, TOP_COLOUR]],
+    fig = vector_strip(_array(dropped).astype(np.float32), title, colorscale=[[0, "#f2f2f2"], [1, TOP_COLOUR]],
                        height=height, zmin=0, zmax=1)
     # Keep the colour bar (so the strip lines up with the others) but label it in words.
     fig.update_traces(colorbar=dict(tickvals=[0, 1], ticktext=["kept", "dropped"]),
