@@ -253,14 +253,15 @@ def export(loaded: LoadedModel, model_id: str, digit_a: Digit, tr_a: Trace, laye
     with png_col:
         title = f"{layer} of {one_line(model_label(model_id), 50)} · input: {one_line(digit_a.source, 50)}"
         labels = tuple(["input"] if layer == "input" else [f"channel {i}" for i in range(maps.shape[0])])
-        png = maps_png(maps, labels, title)
-        st.download_button(f"Maps of {layer} for A (.png)", data=png, file_name=f"cnn_explorer_{layer}_maps_{stem}.png",
-                           mime="image/png", key="compare_maps_png", on_click="ignore")
+        # Built when the button is clicked (a callable), not on every run: the PNG weighs hundreds of kB.
+        st.download_button(f"Maps of {layer} for A (.png)", data=lambda: maps_png(maps, labels, title),
+                           file_name=f"cnn_explorer_{layer}_maps_{stem}.png", mime="image/png",
+                           key="compare_maps_png", on_click="ignore")
         scale = "blue negative, white zero, red positive" if (maps < 0).any() else "black zero to white largest"
         st.caption(f"All {maps.shape[0]} maps of {layer}, tiled and numbered, at least {PNG_MIN_WIDTH:,} px wide, "
                    f"one colour scale for all ({scale}).")
-        with st.expander("Preview the PNG"):
-            st.image(png)
+        if st.toggle("Preview the PNG", key="compare_preview_png"):  # sent only when asked for
+            st.image(maps_png(maps, labels, title))
 
 
 # --- the page -------------------------------------------------------------------------------------------
