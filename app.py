@@ -172,14 +172,13 @@ def upload_input() -> None:
         clear_digit(only_source_prefix="upload")
         return
     if result.blank:
-        reason = getattr(result, "message", None)
-        st.warning(f"{name}: {reason}" if reason else f"{name} looks blank: no digit found to classify.")
+        st.warning(f"{name}: {result.message}" if result.message else f"{name} looks blank: no digit found to "
+                   "classify.")
         clear_digit(only_source_prefix="upload")
         return
     st.session_state[UPLOADED] = (upload.name, preview_png(image))
     st.image(st.session_state[UPLOADED][1], caption=upload.name, width=180)
-    set_digit(result.pixels, f"upload {upload.name}", marks=getattr(result, "marks", 1),
-              message=getattr(result, "message", None))
+    set_digit(result.pixels, f"upload {upload.name}", marks=result.marks, message=result.message)
 
 
 @st.fragment
@@ -199,8 +198,7 @@ def reader() -> None:
                 if drawn.blank:
                     clear_digit(only_source_prefix="your drawing")
                 else:
-                    set_digit(drawn.pixels, "your drawing", marks=getattr(drawn, "marks", 1),
-                              message=getattr(drawn, "message", None))
+                    set_digit(drawn.pixels, "your drawing", marks=drawn.marks, message=drawn.message)
             st.caption("Draw one digit, large, in the middle. The answer follows every stroke.")
         else:
             upload_input()

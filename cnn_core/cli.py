@@ -49,6 +49,11 @@ def streamlit_command(root: Path, options: Sequence[str],
     """
     env = dict(os.environ if environ is None else environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    # glibc keeps memory freed by a thread in that thread's arena; with many sessions decoding uploads at
+    # once the server kept hundreds of MiB after the peak (bench/bench_upload_memory.py). Two arenas, and
+    # large blocks mapped and unmapped directly, give it back. A deployment may set its own values.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     return [sys.executable, "-m", "ui.server", *options], env
 
 

@@ -79,7 +79,7 @@ def take_drawing(canvas) -> None:
     st.session_state[CANVAS_SEEN] = seen
     result = preprocess(drawn)
     if not result.blank:
-        set_digit(result.pixels, SOURCE, marks=getattr(result, "marks", 1), message=getattr(result, "message", None))
+        set_digit(result.pixels, SOURCE, marks=result.marks, message=result.message)
 
 
 # --- the selected unit ------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ A photo here is a JPEG of a sheet of paper (slightly textured, under uneven ligh
 an MNIST test digit printed as ink (pen or faint pencil), two digits side by side, a random scribble,
 or nothing at all. Every step follows how such a picture is made:
 
-- **paper**: a reflectance near white with fine grain and larger blotches (fibres, slight creases);
+- **paper**: a reflectance near white with fine grain and larger blotches (fibres, slight creases),
+  optionally ruled (faint blue lines, a red margin), optionally not filling the frame (a darker,
+  grainy table along one side);
 - **ink**: the digit's strokes (an MNIST digit scaled up, its soft edges made into a stroke of ink),
   dark for a pen, 15-30% darker than the paper for faint pencil, with graphite's patchy grain;
 - **light**: multiplicative, a gradient across the sheet, optionally a hard shadow over one corner
@@ -18,6 +20,7 @@ Used by ``tests/test_preprocess.py``; importable by any benchmark that needs suc
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +39,7 @@ class Conditions:
     ruled: bool = False  # lined notebook paper: faint blue lines across the sheet, a red margin
     noise: float | None = None  # the camera's noise (std, in 8-bit levels); None: 1.5-4 at random
     digit_size: tuple[float, float] = (0.45, 0.85)  # the digit's height, as a share of the photo's shorter side
+    table: bool = False  # the sheet does not fill the photo: a darker, grainy table along one side
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -77,7 +81,7 @@ def scribble_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(big.resize((size, size), Image.Resampling.BOX), np.float32) / 255.0
 
 
-def _place(canvas: np.ndarray, alpha: np.ndarray, top: int, left: int) -> None:
+def place(canvas: np.ndarray, alpha: np.ndarray, top: int, left: int) -> None:
     """Add ink coverage ``alpha`` into ``canvas`` at (top, left), clipped to the canvas (max, not sum)."""
     h, w = alpha.shape
     H, W = canvas.shape
@@ -122,6 +126,15 @@ def photograph(ink: np.ndarray, rng: np.random.Generator, cond: Conditions) -> b
         margin = int(w * rng.uniform(0.08, 0.15))
         lines[:, margin : margin + max(1, w // 300)] = 1.0
         reflect = reflect * (1.0 - np.float32(rng.uniform(0.1, 0.2)) * lines)
+    if cond.table:
+        # Beyond a slightly tilted straight edge 4-12% in from one side, the table: darker, with grain.
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        side = int(rng.integers(4))
+        across = [xx / w, 1 - xx / w, yy / h, 1 - yy / h][side]
+        along = [yy / h, yy / h, xx / w, xx / w][side]
+        table = across < rng.uniform(0.04, 0.12) + rng.uniform(-0.04, 0.04) * along
+        wood = rng.uniform(0.2, 0.45) * (1 + 0.08 * _smooth_noise(rng, h, w, 40)) + rng.normal(0, 0.02, (h, w))
+        reflect = np.where(table, wood.astype(np.float32), reflect)
     if cond.pencil:
         depth = rng.uniform(0.15, 0.3)  # faint: the graphite is only this much darker than the paper
         grain = np.clip(1.0 + 0.35 * rng.normal(0, 1, (h, w)), 0.3, 1.5).astype(np.float32)
@@ -148,7 +161,7 @@ def digit_photo(digit: np.ndarray, rng: np.random.Generator, cond: Conditions = 
     w, h = cond.size
     side = int(min(h, w) * rng.uniform(*cond.digit_size))
     ink = np.zeros((h, w), np.float32)
-    _place(ink, stroke_alpha(digit, side, rng), int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1)))
+    place(ink, stroke_alpha(digit, side, rng), int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1)))
     return photograph(ink, rng, cond)
 
 
@@ -162,8 +175,8 @@ def two_digits_photo(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, con
     margin = side * 4 // 28
     left = int(rng.integers(0, max(1, w - 2 * side + 2 * margin)))
     gap = int(side * rng.uniform(0.15, 0.5) * 20 / 28)
-    _place(ink, stroke_alpha(a, side, rng), top, left)
-    _place(ink, stroke_alpha(b, side, rng), top + int(rng.integers(-side // 10, side // 10 + 1)),
+    place(ink, stroke_alpha(a, side, rng), top, left)
+    place(ink, stroke_alpha(b, side, rng), top + int(rng.integers(-side // 10, side // 10 + 1)),
            left + side - 2 * margin + gap)
     return photograph(ink, rng, cond)
 
@@ -173,7 +186,7 @@ def scribble_photo(rng: np.random.Generator, cond: Conditions = Conditions()) ->
     w, h = cond.size
     side = int(min(h, w) * rng.uniform(0.45, 0.8))
     ink = np.zeros((h, w), np.float32)
-    _place(ink, scribble_alpha(rng, side), int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1)))
+    place(ink, scribble_alpha(rng, side), int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1)))
     return photograph(ink, rng, cond)
 
 
@@ -184,14 +197,109 @@ def blank_photo(rng: np.random.Generator, cond: Conditions = Conditions()) -> by
 
 
 def random_conditions(rng: np.random.Generator) -> Conditions:
-    """A mix: a shadow half the time, faint pencil a third of the time, any JPEG quality 50-92, any orientation."""
+    """A mix: a shadow half the time, faint pencil a third of the time, lined paper or the table in
+    the frame now and then, any JPEG quality 50-92, portrait or landscape, now and then twice as big."""
     size = (480, 640) if rng.random() < 0.5 else (640, 480)
     if rng.random() < 0.15:
-        size = (size[0] * 2, size[1] * 2)  # a bigger photo now and then
+        size = (size[0] * 2, size[1] * 2)
     return Conditions(
         pencil=bool(rng.random() < 1 / 3),
         shadow=bool(rng.random() < 0.5),
         gradient=float(rng.uniform(0.0, 0.5)),
         jpeg_quality=int(rng.integers(50, 93)),
         size=size,
+        ruled=bool(rng.random() < 0.15),
+        table=bool(rng.random() < 0.15),
     )
+
+
+def main() -> None:
+    """Print how ``preprocess`` and the shipped model do on generated photos (the figures in the notes)."""
+    import argparse
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import torch
+
+    from cnn_core.checkpoint import load_checkpoint
+    from cnn_core.data import load_mnist
+    from cnn_core.paths import BUNDLED_MNIST_DIR
+    from cnn_core.preprocess import load_image, preprocess
+
+    parser = argparse.ArgumentParser(description="preprocess on generated photos of paper")
+    parser.add_argument("--n", type=int, default=100, help="photos of each kind")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    split = load_mnist(BUNDLED_MNIST_DIR, "test")
+    images, labels = split.images.numpy(), split.labels.numpy()
+    model = load_checkpoint().model
+    spent = [0.0, 0]
+
+    def run(data: bytes):
+        t = time.process_time()
+        r = preprocess(load_image(data))
+        spent[0] += time.process_time() - t
+        spent[1] += 1
+        return r
+
+    def reading(tensor: torch.Tensor) -> int:
+        with torch.no_grad():
+            return int(model(tensor[None]).argmax())
+
+    def digit_rate(name: str, conditions) -> None:
+        right = same = refused = several = 0
+        for i in range(args.n):
+            rng = np.random.default_rng((args.seed, zlib.crc32(name.encode()), i))
+            idx = int(rng.integers(len(images)))
+            r = run(digit_photo(images[idx], rng, conditions(rng)))
+            refused += r.blank
+            several += r.marks >= 2
+            if r.tensor is not None:
+                answer = reading(r.tensor)
+                right += answer == labels[idx]
+                clean = preprocess(images[idx]).tensor
+                same += clean is not None and answer == reading(clean)
+        print(f"| {name} | {args.n} | {right / args.n:.1%} | {same / args.n:.1%} | {refused} | {several} |")
+
+    print("| photos of one MNIST test digit | n | read right by the shipped model | read as the clean digit "
+          "| refused | several marks |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    digit_rate("pen, even light", lambda rng: Conditions(gradient=0.0))
+    digit_rate("pen, uneven light", lambda rng: Conditions(gradient=0.45))
+    digit_rate("pen, shadow over a corner", lambda rng: Conditions(shadow=True, gradient=0.45))
+    digit_rate("faint pencil", lambda rng: Conditions(pencil=True, gradient=0.45))
+    digit_rate("faint pencil, shadow", lambda rng: Conditions(pencil=True, shadow=True, gradient=0.45))
+    digit_rate("any of the above, JPEG 50-92", random_conditions)
+    digit_rate("JPEG quality 30, pencil, shadow", lambda rng: Conditions(jpeg_quality=30, pencil=True, shadow=True))
+    digit_rate("noisy camera (std 8 levels), pencil", lambda rng: Conditions(noise=8.0, pencil=True))
+    digit_rate("small digit (15-30% of the photo)", lambda rng: Conditions(digit_size=(0.15, 0.3)))
+    digit_rate("lined paper, pencil", lambda rng: Conditions(ruled=True, pencil=True))
+    digit_rate("table beside the sheet", lambda rng: Conditions(table=True, gradient=0.4))
+    digit_rate("table, shadow and faint pencil", lambda rng: Conditions(table=True, shadow=True, pencil=True))
+
+    print()
+    print("| photos that are not one digit | n | refused | one mark | several marks |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, make in [
+        ("blank paper", lambda rng: blank_photo(rng, random_conditions(rng))),
+        ("blank lined paper, JPEG 30", lambda rng: blank_photo(rng, Conditions(ruled=True, jpeg_quality=30,
+                                                                              shadow=True))),
+        ("blank paper, table beside it", lambda rng: blank_photo(rng, Conditions(table=True, shadow=True))),
+        ("two digits side by side", lambda rng: two_digits_photo(images[rng.integers(len(images))],
+                                                                 images[rng.integers(len(images))], rng,
+                                                                 random_conditions(rng))),
+        ("a scribble", lambda rng: scribble_photo(rng, random_conditions(rng))),
+    ]:
+        counts = [0, 0, 0]
+        for i in range(args.n):
+            r = run(make(np.random.default_rng((args.seed, zlib.crc32(name.encode()), i))))
+            counts[0 if r.blank else 1 if r.marks == 1 else 2] += 1
+        print(f"| {name} | {args.n} | {counts[0]} | {counts[1]} | {counts[2]} |")
+    print(f"\nload_image + preprocess: {spent[0] / spent[1] * 1e3:.1f} ms of CPU per photo ({spent[1]} photos)")
+
+
+if __name__ == "__main__":
+    main()

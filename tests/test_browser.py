@@ -250,6 +250,16 @@ def test_uploaded_digit_is_predicted(page, app_server, screenshot_dir, predict, 
     assert shown == str(label), f"uploaded an MNIST {label}, the app predicts {shown}"
     screenshot(page, "home_upload.png")
 
+    # Another page and back: the upload is still there, with its name and its answer, in Upload mode.
+    with script_rerun(page):
+        page.locator('[data-testid="stSidebarNav"] a[href$="/Feature_maps"]').click()
+    page.wait_for_url("**/Feature_maps")
+    with script_rerun(page):
+        page.locator('[data-testid="stSidebarNav"] a').first.click()
+    expect(prediction_metric(page)).to_have_text(str(expected), timeout=TIMEOUT_MS)
+    assert page.get_by_test_id("stRadio").get_by_role("radio", name="Upload").is_checked()
+    expect(page.get_by_text(png.name, exact=True).first).to_be_visible()
+
     # Not an image, whatever the name says: a friendly message, no traceback, no stale prediction.
     fake = tmp_path / "not_a_digit.png"
     fake.write_text("this is a text file, not a picture of a digit\n")

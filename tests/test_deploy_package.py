@@ -44,6 +44,7 @@ def test_cli_passes_options_through_to_streamlit_run(monkeypatch):
     command, env = cli.streamlit_command(Path("/srv/app"), options, {"PYTHONPATH": "/elsewhere"})
     assert command == [sys.executable, "-m", "ui.server", *options]
     assert env["PYTHONPATH"].split(os.pathsep) == ["/srv/app", "/elsewhere"]  # the app's launcher is found first
+    assert env["MALLOC_ARENA_MAX"] == "2"  # freed memory goes back to the system (see cnn_core/cli.py)
     # ...and the launcher hands the options to `streamlit run app.py` once the shipped models are loaded.
     import streamlit.web.cli
 

@@ -239,16 +239,3 @@ def test_a_file_name_is_shown_as_plain_text_never_as_markdown(home, digit_image,
     assert "[click me](http://evil.example)" not in shown and "**bold**" not in shown
     bad = upload(home, name, b"not an image")
     assert bad.error[0].value.startswith(plain(name))
-
-
-def test_the_upload_is_still_there_after_a_visit_to_another_page(home, shipped, digit_image, other_image):
-    data = good_files(digit_image, other_image)["digit.png"]
-    at = upload(home, "digit.png", data)
-    expected = str(expected_prediction(shipped.model, data))
-    at.switch_page("pages/1_Feature_maps.py").run()
-    assert not at.exception
-    at.switch_page("app.py").run()
-    assert not at.exception
-    assert at.radio(key="input_mode").value == "Upload"  # the mode the visitor left
-    assert shown_prediction(at) == expected
-    assert "digit.png" in [c for img in at.image for c in img.captions]

@@ -2,56 +2,47 @@
 
 from __future__ import annotations
 
-import gzip
 import io
-import os
 import struct
+import threading
+import time
 import warnings
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from cnn_core import preprocess as preprocess_module
+from cnn_core.data import load_mnist
+from cnn_core.paths import BUNDLED_MNIST_DIR
 from cnn_core.preprocess import (
+    MAX_CONCURRENT_DECODES,
     MAX_PIXELS,
+    MAX_SIDE,
     MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_MB,
     MNIST_MEAN,
     MNIST_STD,
+    NO_DIGIT_IN_PHOTO,
     ImageError,
     Preprocessed,
     denormalise,
     load_image,
     normalise,
     preprocess,
+    shrunk_greyscale,
     to_greyscale,
 )
-
-MNIST_IMAGES = (
-    Path(os.environ.get("CNN_EXPLORER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
-    / "test-5k-images-idx3-ubyte.gz"
-)
-
 
 # --------------------------------------------------------------------------- helpers
 
 
-def read_idx_images(path: Path, limit: int) -> np.ndarray:
-    """The first ``limit`` images of a gzipped IDX3 file as uint8 (N, 28, 28)."""
-    with gzip.open(path, "rb") as f:
-        magic, n, rows, cols = struct.unpack(">IIII", f.read(16))
-        assert (magic, rows, cols) == (2051, 28, 28)
-        n = min(n, limit)
-        return np.frombuffer(f.read(n * rows * cols), np.uint8).reshape(n, rows, cols)
-
-
 @pytest.fixture(scope="module")
 def mnist() -> np.ndarray:
-    if not MNIST_IMAGES.is_file():
-        pytest.skip(f"no MNIST test images at {MNIST_IMAGES}")
-    return read_idx_images(MNIST_IMAGES, 200)
+    """The first 200 bundled MNIST test digits, uint8 (200, 28, 28): in the repository, so always there."""
+    return load_mnist(BUNDLED_MNIST_DIR, "test").images[:200].numpy()
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -348,14 +339,24 @@ def test_bbox_fits_20_for_drawings_and_mnist(mnist, seven_ref):
         assert max(h, w) in (19, 20, 21) and min(h, w) <= 21
 
 
-def test_large_photo_is_shrunk_and_fast():
-    import time
-
+def test_large_photo_is_shrunk_before_anything_else():
+    # What is asserted is the shrink itself (speed goals live in bench/): preprocess sees only a
+    # MAX_SIDE copy of a big picture, so its result is that of the copy.
     img = draw_seven(size=4000, ink=20, paper=235)
-    t = time.perf_counter()
+    grey = shrunk_greyscale(img)
+    assert grey.shape == (MAX_SIDE, MAX_SIDE) and grey.dtype == np.float32
     r = preprocess(img)
-    assert time.perf_counter() - t < 2.0
+    assert np.array_equal(r.pixels, preprocess(grey).pixels)
     assert r.inverted and shift_corr(r.pixels, preprocess(draw_seven()).pixels) > 0.95
+
+
+def test_shrunk_greyscale_keeps_small_pictures_and_rounds_to_4096_levels():
+    arr = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    grey = shrunk_greyscale(arr)
+    assert grey.shape == (16, 16)
+    assert np.array_equal(grey * 4096, np.round(grey * 4096))  # multiples of 1/4096, exactly
+    assert np.abs(grey - arr / 255).max() <= 0.5 / 4096 + 1e-7
+    assert np.array_equal(1 - shrunk_greyscale(255 - arr), grey)  # the negative, exactly
 
 
 def test_preprocess_does_not_mutate_pil_input():
@@ -401,9 +402,15 @@ def test_load_image_empty():
         load_image(b"")
 
 
-def test_load_image_too_many_bytes():
-    with pytest.raises(ImageError, match="limit is 10 MB"):
-        load_image(b"\x89PNG" + b"\x00" * MAX_UPLOAD_BYTES)
+def test_upload_limit_is_10_mb_of_1_000_000_bytes():
+    # Streamlit's browser check counts maxUploadSize = 10 as 10,000,000 bytes: one limit, one wording.
+    assert MAX_UPLOAD_BYTES == 10_000_000 and MAX_UPLOAD_MB == 10
+    with pytest.raises(ImageError) as e:
+        load_image(b"\x89PNG" + b"\x00" * (MAX_UPLOAD_BYTES - 3))  # 10,000,001 bytes
+    assert str(e.value) == "The file is 10.1 MB; the limit is 10 MB."
+    # Exactly the limit is allowed: a real PNG padded after its end decodes.
+    png = encode(draw_seven(size=64), "PNG")
+    assert load_image(png + bytes(MAX_UPLOAD_BYTES - len(png))).size == (64, 64)
 
 
 @pytest.mark.parametrize(
@@ -519,3 +526,384 @@ def test_load_image_returns_a_detached_loaded_copy():
     img = load_image(encode(draw_seven(size=32), "PNG"))
     img.putpixel((0, 0), 7)  # would fail on a closed, lazily loaded file
     assert img.getpixel((0, 0)) == 7
+
+
+# --------------------------------------------------------------------------- decoding within bounded memory
+
+
+def png_grey16(side: int) -> bytes:
+    """A valid 16-bit greyscale PNG of side x side, black but for a white bar, streamed (tiny file)."""
+    z = zlib.compressobj(9)
+    black = b"\x00" * (1 + 2 * side)
+    bar = b"\x00" + (b"\x00\x00" * (side // 2) + b"\xff\xff" * (side // 20)).ljust(2 * side, b"\x00")
+    idat = b"".join(z.compress(bar if side // 4 <= y < 3 * side // 4 else black) for y in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def test_small_file_that_decodes_huge_is_refused_from_its_header():
+    # Issue 12: a ~80 KB 16-bit 6300 x 6300 PNG cost +677 MiB and seconds. Now refused before decoding.
+    data = png_grey16(6300)
+    assert len(data) < 200_000
+    with pytest.raises(ImageError) as e:
+        load_image(data)
+    message = str(e.value)
+    assert "6,300 x 6,300 pixels" in message and f"{MAX_PIXELS:,} pixels" in message
+    assert f"{MAX_SIDE:,} pixels at most" in message  # says why: the digit is read at 1,024 px anyway
+
+
+def test_pixel_limit_is_inclusive():
+    side = int(MAX_PIXELS**0.5)
+    assert side * side == MAX_PIXELS  # 4000 x 4000
+    assert load_image(png_bytes(side, side, idat=None)).size == (1334, 1334)  # decoded, reduced by 3
+    with pytest.raises(ImageError, match="the limit is"):
+        load_image(png_bytes(side + 1, side, idat=None))
+
+
+def test_big_jpeg_is_decoded_at_reduced_scale():
+    # 6000 x 4000 (24 MP, over the limit at full scale): JPEG decodes at 1/4 scale directly.
+    img = Image.new("RGB", (6000, 4000), (230, 230, 225))
+    ImageDraw.Draw(img).line([(2000, 800), (4000, 800), (2600, 3400)], fill=(10, 10, 10), width=300)
+    out = load_image(encode(img, "JPEG", quality=85))
+    assert out.size == (1500, 1000) and out.mode == "RGB"  # 1/4 scale: a box reduce would give 1200 x 800
+    assert_digit(preprocess(out))
+
+
+def test_big_jpeg_keeps_its_exif_orientation():
+    img = Image.new("RGB", (4096, 2048), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 1024, 1024))  # white top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = load_image(encode(img, "JPEG", exif=exif.tobytes(), quality=90))
+    assert out.size == (512, 1024)  # drafted to 1/4 (1024 x 512), then turned upright
+    grey = np.asarray(out.convert("L"))
+    assert grey[:100, -100:].mean() > 200 and grey[:100, :100].mean() < 50
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected_mode"),
+    [("L", "L"), ("RGB", "RGB"), ("RGBA", "RGBA"), ("I;16", "I;16"), ("P", "RGB"), ("1", "L")],
+)
+def test_big_pictures_come_back_reduced_by_a_whole_factor(mode, expected_mode):
+    seven = draw_seven(size=3000, ink=255, paper=0)
+    img = {
+        "L": seven,
+        "RGB": seven.convert("RGB"),
+        "RGBA": Image.merge("RGBA", [seven] * 3 + [Image.new("L", seven.size, 255)]),
+        "I;16": Image.fromarray(np.asarray(seven).astype(np.uint16) * 257),
+        "P": seven.convert("P"),
+        "1": seven.point(lambda v: 255 if v > 127 else 0).convert("1"),
+    }[mode]
+    out = load_image(encode(img, "PNG"))
+    assert out.size == (1500, 1500) and out.mode == expected_mode  # 3000 // 1024 = 2
+    r = preprocess(out)
+    assert_digit(r)
+    assert shift_corr(r.pixels, preprocess(draw_seven()).pixels) > 0.95
+
+
+def test_at_most_two_uploads_decode_at_once(monkeypatch):
+    # N visitors uploading together cost at most MAX_CONCURRENT_DECODES decodes' memory.
+    assert MAX_CONCURRENT_DECODES == 2
+    real_decode = preprocess_module._decode
+    lock = threading.Lock()
+    now = {"in": 0, "most": 0}
+
+    def slow_decode(img: Image.Image) -> Image.Image:
+        with lock:
+            now["in"] += 1
+            now["most"] = max(now["most"], now["in"])
+        time.sleep(0.05)  # a long decode, so the threads overlap
+        try:
+            return real_decode(img)
+        finally:
+            with lock:
+                now["in"] -= 1
+
+    monkeypatch.setattr(preprocess_module, "_decode", slow_decode)
+    data = encode(draw_seven(size=64), "PNG")
+    results: list[tuple[int, int]] = []
+    threads = [threading.Thread(target=lambda: results.append(load_image(data).size)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [(64, 64)] * 6
+    assert now["most"] == MAX_CONCURRENT_DECODES
+
+
+# --------------------------------------------------------------------------- marks: one digit or several
+
+
+def strokes(*lines: list[tuple[float, float]], width: int = 20, size: int = 280) -> np.ndarray:
+    """White strokes on a black canvas (uint8), like the home page's canvas."""
+    img = Image.new("L", (size, size), 0)
+    for pts in lines:
+        ImageDraw.Draw(img).line(pts, fill=255, width=width, joint="curve")
+    return np.asarray(img)
+
+
+def test_one_stroke_is_one_mark_with_no_message():
+    r = preprocess(draw_seven())
+    assert r.marks == 1 and r.message is None
+
+
+def test_a_four_in_two_strokes_that_nearly_touch_is_one_mark():
+    # "L" then a separate vertical stroke, 12 px (6% of the digit's height) apart.
+    four = strokes([(80, 50), (70, 160), (190, 160)], [(170, 60), (170, 250)])
+    assert preprocess(four).marks == 1
+    apart = strokes([(80, 50), (70, 160), (150, 160)], [(170, 60), (170, 250)])  # a 12 px gap (6%)
+    r = preprocess(apart)
+    assert r.marks == 1 and r.message is None
+
+
+def test_a_five_whose_bar_floats_is_one_mark():
+    body = [(100, 80), (95, 130), (150, 125), (175, 170), (150, 225), (95, 220)]
+    for gap in (0, 10, 18):  # bar up to 18 px (about 10% of the digit's height) above the body
+        five = strokes([(105, 80 - 20 - gap), (185, 80 - 20 - gap)], body)
+        r = preprocess(five)
+        assert r.marks == 1 and r.message is None, gap
+
+
+def test_specks_are_not_marks():
+    digit = strokes([(70, 60), (210, 60), (120, 230)])
+    digit = digit.copy()
+    digit[250:254, 30:34] = 255  # a speck far from the digit
+    digit[20:22, 250:252] = 255
+    r = preprocess(digit)
+    assert r.marks == 1 and r.message is None
+
+
+def test_two_digits_side_by_side_are_two_marks():
+    one_seven = strokes([(50, 60), (50, 220)], [(120, 60), (230, 60), (160, 220)])
+    r = preprocess(one_seven)
+    assert not r.blank and r.marks == 2
+    assert r.message is not None and "more than one digit" in r.message and "2 separate marks" in r.message
+
+
+def test_marks_do_not_depend_on_where_the_ink_is(mnist):
+    for digit in mnist[:50]:
+        canvas = np.zeros((300, 300), np.uint8)
+        canvas[200:228, 5:33] = digit
+        assert preprocess(canvas).marks == preprocess(digit).marks
+
+
+def test_mnist_digits_are_one_mark_each(mnist):
+    marks = [preprocess(d).marks for d in mnist]
+    assert sum(m == 1 for m in marks) >= 0.98 * len(marks)  # measured: all 200
+    assert min(marks) >= 1
+
+
+def test_pen_drawn_digits_are_one_mark_each():
+    # Real handwriting from many writers, drawn the way the home canvas draws it: floating bars,
+    # feet, crossed 7s and 4s in two strokes must not read as several digits.
+    import gzip
+    import json
+
+    from cnn_core.paths import SHARED_DATA_DIR
+
+    path = SHARED_DATA_DIR / "pen-digits" / "pen-digits-train.jsonl.gz"
+    if not path.is_file():
+        pytest.skip(f"no pen-drawn digits at {path}")
+    with gzip.open(path, "rt") as f:
+        digits = [json.loads(line) for line, _ in zip(f, range(1500))]
+    several = 0
+    for i, d in enumerate(digits):
+        width = (12, 20, 26)[i % 3]
+        img = Image.new("L", (280, 280), 0)
+        pen = ImageDraw.Draw(img)
+        for stroke in d["strokes"]:
+            pts = [(x, y) for x, y in stroke]
+            pen.line(pts, fill=255, width=width, joint="curve")
+            for x, y in pts:
+                pen.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=255)
+        several += preprocess(np.asarray(img)).marks >= 2
+    assert several / len(digits) < 0.01  # measured: 0.08% of 6,000 renders (4s written as "L |")
+
+
+# --------------------------------------------------------------------------- photos of paper
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    split = load_mnist(BUNDLED_MNIST_DIR, "test")
+    return split.images.numpy(), split.labels.numpy()
+
+
+@pytest.fixture(scope="module")
+def read():
+    """The shipped model's reading of a Preprocessed input (-1 when blank)."""
+    from cnn_core.checkpoint import load_checkpoint
+
+    model = load_checkpoint().model
+
+    def reading(r: Preprocessed) -> int:
+        if r.blank:
+            return -1
+        with torch.no_grad():
+            return int(model(r.tensor[None]).argmax())
+
+    return reading
+
+
+def photo_reading(data: bytes) -> Preprocessed:
+    return preprocess(load_image(data))
+
+
+# The model is the judge of whether a photo gives the digit, but not of the digit itself: each
+# photo must be read as the shipped model reads the very same MNIST digit, clean (so a digit the
+# model misreads anyway, or a retrained model, does not move these figures).
+
+
+@pytest.mark.parametrize(
+    ("name", "conditions"),
+    [
+        ("pen, uneven light", {"gradient": 0.45}),
+        ("shadow over a corner", {"shadow": True, "gradient": 0.45}),
+        ("faint pencil", {"pencil": True, "gradient": 0.45}),
+        ("faint pencil in a shadow", {"pencil": True, "shadow": True, "gradient": 0.45}),
+    ],
+)
+def test_photos_of_digits_are_read(name, conditions, test_split, read):
+    import paper_photos as pp
+
+    images, _ = test_split
+    same = 0
+    n = 20
+    for i in range(n):
+        rng = np.random.default_rng(100 + i)
+        idx = 4000 + 37 * i  # 20 digits the model never trained on, every class
+        r = photo_reading(pp.digit_photo(images[idx], rng, pp.Conditions(**conditions)))
+        assert not r.blank and r.marks == 1 and r.message is None, (name, i)
+        same += read(r) == read(preprocess(images[idx]))
+    # Measured: 20 of 20 in each condition (the old plane fit read 45% of shadowed photos and 8%
+    # of faint pencil ones right).
+    assert same >= 18, name
+
+
+def test_photos_under_any_conditions_are_read(test_split, read):
+    import paper_photos as pp
+
+    images, _ = test_split
+    n, same = 24, 0
+    for i in range(n):
+        rng = np.random.default_rng(500 + i)
+        idx = 4500 + 11 * i
+        r = photo_reading(pp.digit_photo(images[idx], rng, pp.random_conditions(rng)))
+        same += read(r) == read(preprocess(images[idx]))
+    assert same >= 0.9 * n  # measured: 24 of 24 (JPEG quality 50-92, shadows, pencil, lined paper, tables)
+
+
+def test_photo_gives_the_digit_not_the_paper(test_split):
+    # Independent of the model: the 28x28 from a photo matches the one from the same ink, clean.
+    import paper_photos as pp
+
+    images, _ = test_split
+    scores = []
+    for i in range(12):
+        cond = pp.Conditions(shadow=i % 2 == 0, pencil=i % 3 == 0, gradient=0.4)
+        rng = np.random.default_rng(900 + i)
+        digit = images[4100 + i]
+        w, h = cond.size
+        ink = np.zeros((h, w), np.float32)
+        side = 300
+        alpha = pp.stroke_alpha(digit, side, rng)
+        pp.place(ink, alpha, 170, 90)
+        r = photo_reading(pp.photograph(ink, rng, cond))
+        scores.append(shift_corr(r.pixels, preprocess((alpha * 255).astype(np.uint8)).pixels))
+    assert min(scores) > 0.95 and float(np.median(scores)) > 0.98  # measured: min 0.989, median 0.996
+
+
+def test_issue_9_photos(test_split, read):
+    # The four photos tried in issue 9, made again: faint pencil 5, a 7 with a shadow in one
+    # corner, two digits "4 7", a scribble.
+    import paper_photos as pp
+
+    images, labels = test_split
+    fives, sevens, fours = (np.flatnonzero(labels == d)[:3] for d in (5, 7, 4))
+    for k, idx in enumerate(fives):
+        r = photo_reading(pp.digit_photo(images[idx], np.random.default_rng(k), pp.Conditions(pencil=True)))
+        assert read(r) == read(preprocess(images[idx])) and r.marks == 1  # the pencil, not the paper's grain
+    for k, idx in enumerate(sevens):
+        r = photo_reading(pp.digit_photo(images[idx], np.random.default_rng(k), pp.Conditions(shadow=True)))
+        assert read(r) == read(preprocess(images[idx])) and r.marks == 1  # the shadow is paper, not ink
+    for k in range(3):
+        rng = np.random.default_rng(k)
+        r = photo_reading(pp.two_digits_photo(images[fours[k]], images[sevens[k]], rng))
+        assert not r.blank and r.marks == 2 and r.message is not None and "more than one digit" in r.message
+    # A scribble is one mark of ink: preprocessing passes it on; whether it looks like a digit
+    # is for the model's uncertainty to say.
+    r = photo_reading(pp.scribble_photo(np.random.default_rng(0)))
+    assert not r.blank and r.marks == 1
+
+
+def test_two_digit_photos_are_reported(test_split):
+    import paper_photos as pp
+
+    images, _ = test_split
+    n, two = 20, 0
+    for i in range(n):
+        rng = np.random.default_rng(1300 + i)
+        a, b = images[rng.integers(len(images))], images[rng.integers(len(images))]
+        r = photo_reading(pp.two_digits_photo(a, b, rng, pp.random_conditions(rng)))
+        assert not r.blank
+        two += r.marks == 2 and r.message is not None
+    assert two >= 0.9 * n  # measured: 20 of 20 (gaps of 15-50% of a digit's height)
+
+
+def test_scribble_photos_are_one_mark():
+    import paper_photos as pp
+
+    for i in range(10):
+        rng = np.random.default_rng(1700 + i)
+        r = photo_reading(pp.scribble_photo(rng, pp.random_conditions(rng)))
+        assert not r.blank and r.marks == 1
+
+
+def test_blank_paper_photos_are_refused():
+    import paper_photos as pp
+
+    for i in range(20):
+        rng = np.random.default_rng(2100 + i)
+        cond = pp.random_conditions(rng)
+        r = photo_reading(pp.blank_photo(rng, cond))
+        assert r.blank and r.tensor is None and r.marks == 0, (i, cond)
+        assert r.message == NO_DIGIT_IN_PHOTO
+        assert not r.pixels.any()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_noise_is_refused(seed):
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    r = preprocess(load_image(encode(Image.fromarray(noise), "JPEG", quality=90)))
+    assert r.blank and r.message == NO_DIGIT_IN_PHOTO
+
+
+def test_faint_marks_on_a_clean_picture_are_refused_with_a_message():
+    r = preprocess(draw_seven(ink=20, paper=0))  # 8% contrast on a flat background
+    assert r.blank and r.message is not None and "too faint" in r.message
+
+
+def test_empty_and_uniform_pictures_have_no_message():
+    for image in (np.zeros((280, 280, 4), np.uint8), np.full((50, 50), 200, np.uint8)):
+        r = preprocess(image)
+        assert r.blank and r.marks == 0 and r.message is None
+
+
+def test_concurrent_uploads_leave_no_warning_filter_behind():
+    data = png_bytes(10_000, 10_000, idat=None)  # Pillow warns about it as a decompression bomb
+    errors: list[str] = []
+
+    def upload() -> None:
+        try:
+            load_image(data)
+        except ImageError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=upload) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(errors) == 8 and all("the limit is" in e for e in errors)
+    assert not any(f[2] is Image.DecompressionBombWarning for f in warnings.filters)
