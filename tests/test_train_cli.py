@@ -499,6 +499,11 @@ def test_tiny_run_with_pen_digits_writes_card_and_uncertainty(tmp_path, capsys, 
                 "all_test_ece_calibrated"):
         assert key in entry["rates"] and entry["rates"][key] == u.rates[key]
     assert load_checkpoint(out).card == card
+    targets = {row["target"]: row for row in card["targets"]}
+    mnist_row = next(r for t, r in targets.items() if t.startswith("MNIST test digits"))
+    assert mnist_row["measured"] == card["metrics"]["test_accuracy"]
+    assert mnist_row["met"] == (card["metrics"]["test_accuracy"] >= train_cli.TARGETS["mnist_test_accuracy"])
+    assert any(t.startswith("zeros of the test writers") for t in targets)
 
 
 def test_pen_flags_need_each_other(tmp_path, capsys, good_weights):

@@ -161,3 +161,5 @@ def test_model_card_records_the_run():
     assert card["history"][0]["epoch"] == 1 and card["epochs"] == 1 and card["train_seconds"] == 1.2
     assert card["command"].startswith("python -m cnn_core.train --data . --out tiny.pt --validation 0 ")
     assert "--seed 7" in card["command"] and "--elastic 2.0" in card["command"]
+    assert f"--threads {torch.get_num_threads()}" in card["command"] and card["threads"] == torch.get_num_threads()
+    assert card["cancelled"] is False

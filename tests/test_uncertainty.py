@@ -37,6 +37,26 @@ def test_nll_matches_a_direct_formula():
     assert U.nll(logits, labels, 2.0) == pytest.approx(direct)
 
 
+def test_a_temperature_that_widens_the_gap_is_not_used(monkeypatch):
+    """Labels drawn from softmax(logits) itself (T = 1 is right), plus confident mistakes that pull the NLL's T up."""
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 3, (3000, 10))
+    labels = np.array([rng.choice(10, p=row) for row in U.softmax(logits)])
+    confident = np.argsort(-U.softmax(logits).max(1))[:60]
+    labels[confident] = (logits[confident].argmax(1) + 1) % 10  # wrong, at the highest confidence
+    fitted = U.fit_temperature(logits, labels)
+    assert fitted > 1.05
+    assert U.expected_calibration_error(U.softmax(logits, fitted), labels) > U.expected_calibration_error(
+        U.softmax(logits), labels)
+    # a "model" whose validation logits are exactly these
+    monkeypatch.setattr(U, "_features_of", lambda model, split, batch=1000: (rng.normal(size=(len(split), 4)), logits))
+    split = MnistSplit(torch.zeros((3000, 28, 28), dtype=torch.uint8), torch.from_numpy(labels), "val")
+    u = U.fit_uncertainty(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), split, split)
+    assert u.rates["validation_temperature_fitted"] == pytest.approx(fitted)
+    assert u.temperature == 1.0
+    assert u.rates["validation_ece_calibrated"] == u.rates["validation_ece_raw"]
+
+
 def test_expected_calibration_error_by_hand():
     # two bins used: confidence 0.9 (3 right of 4) and 0.6 (1 right of 2)
     probs = np.array([[0.9, 0.1]] * 4 + [[0.4, 0.6]] * 2)
@@ -44,6 +64,18 @@ def test_expected_calibration_error_by_hand():
     expected = 4 / 6 * abs(0.9 - 0.75) + 2 / 6 * abs(0.6 - 0.5)
     assert U.expected_calibration_error(probs, labels, bins=10) == pytest.approx(expected)
     assert U.expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
+
+
+def test_energy_against_a_direct_formula():
+    logits = np.array([[2.0, 0.0, -1.0], [10.0, 10.0, 10.0]])
+    direct = [-1.5 * np.log(np.sum(np.exp(row / 1.5))) for row in logits]
+    assert np.allclose(U.energy(logits, 1.5), direct)
+
+
+def test_both_is_the_larger_score_in_validation_units():
+    raw = {"mahalanobis": np.array([10.0, 30.0]), "energy": np.array([-5.0, -9.0])}
+    both = U.combine(raw, "both", (10.0, 20.0, -8.0, 2.0))
+    assert np.allclose(both, [max(0.0, 1.5), max(1.0, -0.5)])
 
 
 def test_mahalanobis_against_a_loop():
@@ -103,6 +135,7 @@ def test_fit_uncertainty_and_assess():
     measured = U.measure(model, u, val)
     assert measured["false_alarm"] == pytest.approx(u.rates["validation_false_alarm"])
     assert measured["ece_calibrated"] <= measured["ece_raw"] + 1e-9  # fitted on this very split
+    assert u.temperature in (1.0, u.rates["validation_temperature_fitted"])
     x = to_input(val.images[:3])
     a = U.assess(model, u, x[0])
     assert a.probabilities.sum() == pytest.approx(1.0) and a.raw_probabilities.sum() == pytest.approx(1.0)
@@ -113,6 +146,26 @@ def test_fit_uncertainty_and_assess():
     assert [b.score for b in batch][0] == pytest.approx(a.score)
     far = U.assess(model, u, torch.full((1, 28, 28), 40.0))  # nothing like the inputs it was fitted on
     assert far.unusual and far.score > 10 * u.threshold
+    assert u.score == "mahalanobis"  # the default without non-digits to choose on
+
+
+@pytest.mark.parametrize("score", U.SCORES)
+def test_each_score_keeps_the_false_alarm_rate(score):
+    model, fit, val = toy_problem()
+    u = U.fit_uncertainty(model, fit, val, false_alarm=0.1, score=score)
+    assert u.score == score
+    assert 0.09 <= U.measure(model, u, val)["false_alarm"] <= 0.1 + 1e-9
+
+
+def test_the_score_is_chosen_on_held_out_non_digits():
+    model, fit, val = toy_problem()
+    # "non-digits" far from the digits in input space: every score should flag them; the choice is the best one
+    outliers = torch.full((50, 28, 28), 255, dtype=torch.uint8)
+    outliers[:, ::2] = 0
+    u = U.fit_uncertainty(model, fit, val, outliers=outliers)
+    flagged = {k: u.rates[f"validation_outliers_flagged_{k}"] for k in U.SCORES}
+    assert u.score in U.SCORES and flagged[u.score] == max(flagged.values())
+    assert u.rates["validation_outliers"] == 50
 
 
 def write_model_files(tmp_path, u: U.Uncertainty, card_extra: dict | None = None):
@@ -171,7 +224,8 @@ def npz(**arrays) -> bytes:
 
 
 GOOD = dict(temperature=np.float64(1.5), means=np.zeros((10, 4)), precision=np.eye(4), threshold=np.float64(9.0),
-            false_alarm_target=np.float64(0.02), rate_names=np.array(["a"]), rate_values=np.array([0.5]))
+            false_alarm_target=np.float64(0.02), rate_names=np.array(["a"]), rate_values=np.array([0.5]),
+            score=np.array("energy"), scales=np.array([0.0, 1.0, 0.0, 1.0]))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -182,6 +236,8 @@ GOOD = dict(temperature=np.float64(1.5), means=np.zeros((10, 4)), precision=np.e
     ({"temperature": np.float64(-1.0)}, "impossible temperature"),
     ({"rate_values": np.array([0.5, 0.1])}, "malformed"),
     ({"means": np.array([[None] * 4] * 10, dtype=object)}, "cannot be read"),  # a pickle: never loaded
+    ({"score": np.array("softmax")}, "names no known score"),
+    ({"scales": np.array([0.0, 0.0, 0.0, 1.0])}, "malformed score scales"),
 ])
 def test_malformed_files_are_refused(change, message):
     with pytest.raises(U.UncertaintyError, match=message):
