@@ -262,7 +262,7 @@ def stroke(session: int, n: int) -> list[tuple[float, float]]:
 def prediction(page):
     """The value of the st.metric labelled "Prediction"."""
     label = page.get_by_test_id("stMetricLabel").filter(has_text=re.compile(r"^\s*Prediction\s*$"))
-    return page.get_by_test_id("stMetric").filter(has=label).get_by_test_id("stMetricValue")
+    return page.get_by_test_id("stMetric").filter(has=label).filter(visible=True).get_by_test_id("stMetricValue")
 
 
 async def problems_on(page) -> list[str]:

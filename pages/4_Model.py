@@ -90,7 +90,13 @@ def card_section(loaded: LoadedModel, model_id: str) -> None:
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in details.items()))
     history = card.get("history")
     if isinstance(history, list) and history and all(isinstance(h, dict) for h in history):
-        st.plotly_chart(training_curves(history), key="training_curves", config=PLOT_CONFIG)
+        # Runs that hold validation digits out measure those after each epoch, not the test digits.
+        measured_on = "validation" if "held_out" in data else "test"
+        st.plotly_chart(training_curves(history, measured_on=measured_on), key="training_curves",
+                        config=PLOT_CONFIG)
+        if "held_out" in data:
+            st.caption(f"The accuracy after each epoch is on the {count_text(data.get('held_out_examples', '?'))} "
+                       "validation digits held out of training; the test digits were measured once, at the end.")
     else:
         st.caption("The card has no training history, so there is no loss curve to show.")
 

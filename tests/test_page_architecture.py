@@ -20,7 +20,7 @@ from cnn_core.checkpoint import LoadedModel
 from cnn_core.model import CNNConfig, MLPConfig
 from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
-from ui.state import Digit
+from ui.state import SHIPPED_ID, Digit
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Architecture.py")
 ARTICLE = "Back to AI Basics: CNNs"
@@ -31,7 +31,7 @@ def own_model(config, seed: int = 0) -> LoadedModel:
 
 
 def run_page(loaded: LoadedModel | None = None, digit: Digit | None = None) -> AppTest:
-    return helpers.run_page(PAGE, model=loaded, digit=digit, timeout=120)
+    return helpers.run_page(PAGE, model=loaded, digit=digit, select=SHIPPED_ID, timeout=120)  # else the fixture's
 
 
 def text(at: AppTest) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import apptest_helpers as helpers
 import numpy as np
 import pytest
 from apptest_helpers import chart, decode
@@ -15,7 +16,7 @@ from cnn_core.introspect import dropout_mask, trace
 from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from ui.figures import channel_from_selection, feature_map_grid, mosaic_channel, pool_winners
-from ui.state import DIGIT_KEY, Digit
+from ui.state import SHIPPED_ID, Digit
 from ui.text import plain
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Feature_maps.py")
@@ -23,12 +24,9 @@ SHAPE_CAPTION = re.compile(r"^`(\w+)` (?:output )?shape \*\*\(([\d, ]+)\)\*\* ·
 
 
 def run_page(pixels: np.ndarray | None = None, source: str = "test digit") -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    if pixels is not None:
-        at.session_state[DIGIT_KEY] = Digit(pixels, source)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    """The page with the `shipped` fixture's model (the article's CNN) selected."""
+    return helpers.run_page(PAGE, digit=None if pixels is None else Digit(pixels, source), select=SHIPPED_ID,
+                            timeout=60)
 
 
 def mnist_pixels(split, i: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from cnn_core.unit_sources import shown_layers, unit_sources
 from ui import overview as ov
-from ui.state import Digit
+from ui.state import SHIPPED_ID, Digit
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "0_Overview.py")
 SELECTED = "ov_selected"
@@ -58,7 +58,7 @@ def own_model(config, seed: int = 0) -> LoadedModel:
 
 def run_page(loaded: LoadedModel | None = None, digit: Digit | None = None, selected: dict | None = None) -> AppTest:
     return helpers.run_page(PAGE, model=loaded, digit=digit, state={SELECTED: selected} if selected else None,
-                            timeout=120)
+                            select=SHIPPED_ID, timeout=120)  # without a variant: the `shipped` fixture's model
 
 
 def sample_digit(i: int = 3) -> Digit:

@@ -24,6 +24,7 @@ from ui.state import (
     PICKER_KEY,
     SHIPPED_ID,
     Digit,
+    default_model_id,
     shipped_model_paths,
 )
 
@@ -197,8 +198,9 @@ def test_compare_with_only_the_shipped_networks_and_with_an_mlp():
     at = ok(new_page(COMPARE))
     if len(shipped_model_paths()) == 1:  # the CNN alone: nothing to compare it with yet
         assert "only one network" in texts(at.info)
-    else:  # the shipped MLP is there: it is the CNN's default partner
-        assert at.selectbox(key="compare_model_2").value != SHIPPED_ID
+    else:  # another shipped network is the default one's partner: the article's CNN, or the other model
+        first, second = at.selectbox(key="compare_model_1").value, at.selectbox(key="compare_model_2").value
+        assert first == default_model_id() and second != first and second in shipped_model_paths()
         assert len(chart(at, "compare_models_bars")["data"]) == 2
     mlp = random_model(MLPConfig(hidden=(32,)), "tiny MLP")
     model_id, models = own(mlp)

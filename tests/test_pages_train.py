@@ -38,7 +38,15 @@ from cnn_core.model import CNNConfig, MLPConfig, build_model
 from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from cnn_core.train import TrainConfig
-from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY, PICKER_KEY, SHIPPED_ID, Digit, shipped_model_paths
+from ui.state import (
+    DIGIT_KEY,
+    MODEL_KEY,
+    OWN_MODELS_KEY,
+    PICKER_KEY,
+    Digit,
+    default_model_id,
+    shipped_model_paths,
+)
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 TRAIN = str(PAGES / "9_Train_your_own.py")
@@ -290,7 +298,7 @@ def test_cancel_on_the_page_keeps_no_model(one_slot_taken):
     assert job.snapshot().status == "cancelled"
     assert "cancelled" in texts(at.info)
     assert not own_models_of(at)
-    assert at.selectbox(key=PICKER_KEY).value == SHIPPED_ID
+    assert at.selectbox(key=PICKER_KEY).value == default_model_id()
 
 
 def test_the_training_name_is_shown_as_typed(training_folder):
@@ -485,7 +493,7 @@ def test_bad_files_get_the_reason_and_no_traceback(saved, case, expected):
     assert "bad.pt was not loaded" in errors and expected in errors, errors
     assert "Traceback" not in errors and "\x1b" not in errors and len(errors) < 400
     assert not own_models_of(at)
-    assert at.selectbox(key=PICKER_KEY).value == SHIPPED_ID
+    assert at.selectbox(key=PICKER_KEY).value == default_model_id()
 
 
 def test_names_a_visitor_chooses_are_shown_as_text_not_markdown(saved):
@@ -514,4 +522,4 @@ def test_each_session_sees_only_its_own_models(saved):
     theirs = ok(new_page())
     assert len(mine.selectbox(key=PICKER_KEY).options) == len(shipped_model_paths()) + 1
     assert len(theirs.selectbox(key=PICKER_KEY).options) == len(shipped_model_paths())
-    assert theirs.selectbox(key=PICKER_KEY).value == SHIPPED_ID
+    assert theirs.selectbox(key=PICKER_KEY).value == default_model_id()

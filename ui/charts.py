@@ -66,14 +66,18 @@ def param_bars(groups: Sequence[str], cnn: Sequence[int], mlp: Sequence[int], he
     return fig
 
 
-def training_curves(history: Sequence[Mapping], height: int = 300) -> go.Figure:
-    """Loss and accuracy per epoch from a model card's history (epoch, loss, train_accuracy, test_accuracy)."""
+def training_curves(history: Sequence[Mapping], height: int = 300, measured_on: str = "test") -> go.Figure:
+    """Loss and accuracy per epoch from a model card's history (epoch, loss, train_accuracy, test_accuracy).
+
+    ``measured_on`` names the digits the per-epoch accuracy was measured on ("test", or "validation" when
+    training held out validation digits for its choices).
+    """
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Accuracy"), horizontal_spacing=0.1)
     fig.add_trace(go.Scatter(x=epochs, y=[h.get("loss") for h in history], mode="lines+markers", name="loss",
                              line=dict(color=CNN_COLOUR), hovertemplate="epoch %{x}: %{y:.4f}<extra></extra>"),
                   row=1, col=1)
-    for key, label, colour in (("train_accuracy", "train", SECOND_COLOUR), ("test_accuracy", "test", MLP_COLOUR)):
+    for key, label, colour in (("train_accuracy", "train", SECOND_COLOUR), ("test_accuracy", measured_on, MLP_COLOUR)):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
             fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=f"{label} accuracy",

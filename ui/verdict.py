@@ -83,11 +83,16 @@ def verdict_for(loaded: LoadedModel, model_id: str, digit: Digit, trace: Trace) 
 def explain_answer(loaded: LoadedModel) -> str:
     """Why a classifier always names one of its classes, with this model's own numbers."""
     last = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    data = loaded.card.get("data") if isinstance(loaded.card.get("data"), dict) else {}
+    seen = ("It was also shown scribbles and other non-digits during training, taught to spread its answer "
+            "evenly over the ten digits for them, which is why it is less sure of itself on such inputs; but "
+            "it still has no \"none of these\" output." if data.get("outliers") else
+            "There is no \"none of these\" output: the network was only ever shown digits.")
     return (
         f"The network's last layer has exactly {last.out_features} outputs, one score per digit. Softmax turns "
         "the scores into probabilities that are positive and add up to 100%, so whatever the input (a digit, "
         "a letter, a scribble, a blank page), some digit gets the largest share and becomes the answer. "
-        "There is no \"none of these\" output: the network was only ever shown digits.\n\n"
+        f"{seen}\n\n"
         "That is why the page also checks the input itself (several separate marks mean several digits) and, "
         "for the shipped networks, how far the network's inner representation of your drawing lies from those "
         "of the digits it learned from: when it is far, the page says the answer means little."
