@@ -22,7 +22,7 @@ from ui.state import (
     set_digit,
     shipped_model_paths,
 )
-from ui.text import plain
+from ui.text import code, plain
 
 st.set_page_config(page_title="Model · CNN Explorer", page_icon="🔢", layout="wide")
 
@@ -74,15 +74,15 @@ def card_section(loaded: LoadedModel, model_id: str) -> None:
     c3.metric("Epochs", str(epochs) if isinstance(epochs, int) else "–",
               help=None if isinstance(epochs, int) else "The card does not record the number of epochs.")
     details = {
-        "Training command": f"`{plain(card['command'], limit=300)}`" if "command" in card else NOT_RECORDED,
+        "Training command": code(card["command"]) if "command" in card else NOT_RECORDED,
         "Seed": count_text(card.get("seed", NOT_RECORDED)),
         "Training settings": (", ".join(setting_text(k, v) for k, v in card["training"].items())
                               if isinstance(card.get("training"), dict) else NOT_RECORDED),
-        "Training data": (f"{count_text(data['train_examples'])} digits from `{plain(data['train'], limit=200)}`"
+        "Training data": (f"{count_text(data['train_examples'])} digits from {code(data['train'], 200)}"
                           if "train" in data and "train_examples" in data else NOT_RECORDED),
-        "Test data": (f"{count_text(data['test_examples'])} digits from `{plain(data['test'], limit=200)}`"
+        "Test data": (f"{count_text(data['test_examples'])} digits from {code(data['test'], 200)}"
                       if "test" in data and "test_examples" in data else NOT_RECORDED),
-        "Weights sha256": f"`{plain(card.get('sha256', NOT_RECORDED), limit=80)}`",
+        "Weights sha256": code(card.get("sha256", NOT_RECORDED), 80),
         "Training time": (f"{card['train_seconds']:,.0f} s" if isinstance(card.get("train_seconds"), (int, float))
                           else NOT_RECORDED),
         "PyTorch": count_text(card.get("torch", NOT_RECORDED)),

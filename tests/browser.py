@@ -283,6 +283,37 @@ def script_rerun(page, timeout_ms: int = TIMEOUT_MS):
     wait_for_script_idle(page, timeout_ms)  # a further rerun may have been queued meanwhile
 
 
+# --------------------------------------------------------------------------- README screenshots
+
+UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"  # also write the README's copies
+DOCS_WIDTH = 1000  # README screenshots: downscaled to this width...
+DOCS_MAX_HEIGHT = 1600  # ...cut to the top of the page for long pages...
+DOCS_MAX_BYTES = 250_000  # ...and kept under this size
+
+
+def write_docs_copy(path: Path, width: int = DOCS_WIDTH, name: str | None = None) -> Path:
+    """A README-sized copy in docs/screenshots: ``width`` wide, at most DOCS_MAX_HEIGHT tall, palette PNG,
+    cut shorter if still too big."""
+    import io
+
+    from PIL import Image
+
+    DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    img = Image.open(path).convert("RGB")
+    img = img.resize((width, round(img.height * width / img.width)), Image.Resampling.LANCZOS)
+    out = DOCS_SCREENSHOT_DIR / (name or path.name)
+    height = min(img.height, DOCS_MAX_HEIGHT)
+    while True:
+        small = img.crop((0, 0, width, height)).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        buf = io.BytesIO()
+        small.save(buf, "PNG", optimize=True)
+        if buf.tell() <= DOCS_MAX_BYTES or height <= width // 2:
+            break
+        height = int(height * 0.8)  # too big: keep the top of the page, which shows the page's point
+    out.write_bytes(buf.getvalue())
+    return out
+
+
 # --------------------------------------------------------------------------- the drawing canvas
 
 CANVAS_INPUT = "canvas.upper-canvas"  # Fabric.js: the top canvas takes the mouse and touch events

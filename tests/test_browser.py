@@ -15,7 +15,6 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import re
 from pathlib import Path
@@ -24,9 +23,9 @@ import numpy as np
 import pytest
 from browser import (
     CANVAS_INPUT,
-    DOCS_SCREENSHOT_DIR,
     SCREENSHOT_DIR,
     TIMEOUT_MS,
+    UPDATE_SCREENSHOTS,
     VIEWPORT,
     assert_no_errors,
     canvas_image,
@@ -36,6 +35,7 @@ from browser import (
     follow_script_runs,
     script_rerun,
     wait_for_script_idle,
+    write_docs_copy,
 )
 from PIL import Image
 
@@ -46,10 +46,6 @@ except ImportError:
         raise
     pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
-UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
-DOCS_WIDTH = 1000  # README screenshots: downscaled to this width...
-DOCS_MAX_HEIGHT = 1600  # ...cut to the top of the page for long pages...
-DOCS_MAX_BYTES = 250_000  # ...and kept under this size
 
 METRIC_VALUE = '[data-testid="stMetricValue"]'
 EXCEPTION = '[data-testid="stException"]'
@@ -179,24 +175,6 @@ def screenshot(page, name: str) -> Path:
     if UPDATE_SCREENSHOTS:
         write_docs_copy(path)
     return path
-
-
-def write_docs_copy(path: Path) -> Path:
-    """A README-sized copy: DOCS_WIDTH wide, at most DOCS_MAX_HEIGHT tall, palette PNG, cut shorter if still too big."""
-    DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    img = Image.open(path).convert("RGB")
-    img = img.resize((DOCS_WIDTH, round(img.height * DOCS_WIDTH / img.width)), Image.Resampling.LANCZOS)
-    out = DOCS_SCREENSHOT_DIR / path.name
-    height = min(img.height, DOCS_MAX_HEIGHT)
-    while True:
-        small = img.crop((0, 0, DOCS_WIDTH, height)).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-        buf = io.BytesIO()
-        small.save(buf, "PNG", optimize=True)
-        if buf.tell() <= DOCS_MAX_BYTES or height <= DOCS_WIDTH // 2:
-            break
-        height = int(height * 0.8)  # too big: keep the top of the page, which shows the page's point
-    out.write_bytes(buf.getvalue())
-    return out
 
 
 def mnist_test_digit(label: int) -> np.ndarray:

@@ -21,12 +21,14 @@ from browser import (
     CANVAS_INPUT,
     SCREENSHOT_DIR,
     TIMEOUT_MS,
+    UPDATE_SCREENSHOTS,
     assert_no_errors,
     canvas_image,
     default_weights,
     follow_script_runs,
     script_rerun,
     wait_for_script_idle,
+    write_docs_copy,
 )
 
 try:
@@ -110,6 +112,9 @@ def test_a_finger_drawn_one_is_predicted(phone, app_server):
     assert_no_errors(page, "the home page after a touch stroke")
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT_DIR / "home_touch_phone.png"), full_page=True)
+    if UPDATE_SCREENSHOTS:  # the phone's screen as the visitor sees it after a stroke, for the README
+        page.screenshot(path=str(SCREENSHOT_DIR / "home_phone.png"))
+        write_docs_copy(SCREENSHOT_DIR / "home_phone.png", width=PHONE["viewport"]["width"])
 
     result = preprocess(drawn)
     assert not result.blank

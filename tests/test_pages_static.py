@@ -20,7 +20,6 @@ from cnn_core.architecture import layer_table, output_size, total_parameters
 from cnn_core.evaluate import evaluate
 from cnn_core.model import MLPConfig
 from cnn_core.params import cnn_param_count, mlp_layers, mlp_param_count, share, widths_for_share
-from ui.text import plain
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 ARCHITECTURE = str(PAGES / "2_Architecture.py")
@@ -307,8 +306,8 @@ def test_model_page_shows_a_full_card_with_its_history(monkeypatch, tmp_path, sh
     finally:
         ui.state.load_shipped.cache_clear()  # later tests get the real card again
     text = all_text(at)
-    assert f"`{plain(extra['command'], limit=300)}`" in text and "**Seed**: 7" in text
-    assert f"10,000 digits from `{plain('D/train')}`" in text
+    assert f"`{extra['command']}`" in text and "**Seed**: 7" in text  # exactly as written, in a code span
+    assert "10,000 digits from `D/train`" in text
     assert metric(at, "Epochs") == "2"
     fig = json.loads([c for c in at.get("plotly_chart") if c.key == "training_curves"][0].proto.spec)
     loss = [t for t in fig["data"] if t["name"] == "loss"][0]

@@ -23,3 +23,15 @@ def shape_text(shape: tuple[int, ...], sep: str = " × ", brackets: str = "") ->
     """A tensor shape in words: ``32 × 28 × 28`` by default, ``(32, 28, 28)`` with sep=", " and brackets="()"."""
     body = sep.join(str(d) for d in shape)
     return f"{brackets[0]}{body}{brackets[1]}" if len(brackets) == 2 else body
+
+
+def code(text: object, limit: int = 300) -> str:
+    """``text`` as an inline code span for Markdown: shown exactly as written, nothing in it active.
+
+    Inside a code span Markdown is not interpreted (and backslashes are not escapes), so the text only
+    needs its backticks and line breaks taken out.
+    """
+    one_line = " ".join(str(text).split()).replace("`", "'")
+    if len(one_line) > limit:
+        one_line = one_line[: limit - 1] + "…"
+    return f"`{one_line}`"
