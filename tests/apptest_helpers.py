@@ -77,3 +77,26 @@ def run_page(page, model=None, digit=None, state: dict | None = None, select: st
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def new_page(page, models: dict | None = None, selected: str | None = None, digit=None,
+             timeout: float = 180) -> AppTest:
+    """A page's session, not run yet: ``models`` (picker id -> LoadedModel) as this session's own models,
+    ``selected`` as the picked model, ``digit`` (a ui.state.Digit) as the current digit."""
+    from ui.state import DIGIT_KEY, MODEL_KEY, OWN_MODELS_KEY
+
+    at = AppTest.from_file(str(page), default_timeout=timeout)
+    if models is not None:
+        at.session_state[OWN_MODELS_KEY] = models
+    if selected is not None:
+        at.session_state[MODEL_KEY] = selected
+    if digit is not None:
+        at.session_state[DIGIT_KEY] = digit
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    """Run the page and fail on any exception."""
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apptest_helpers import chart, decode, session_model
+from apptest_helpers import chart, decode, new_page, ok, session_model
 from streamlit.testing.v1 import AppTest
 
 from cnn_core.checkpoint import LoadedModel
@@ -18,7 +18,6 @@ from cnn_core.model import CNNConfig, MLPConfig
 from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from ui.state import (
-    DIGIT_KEY,
     MODEL_KEY,
     OWN_MODELS_KEY,
     PICKER_KEY,
@@ -43,22 +42,6 @@ pytestmark = pytest.mark.usefixtures("no_job_outlives_its_test")
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def new_page(page: str, models: dict[str, LoadedModel] | None = None, selected: str | None = None,
-             digit: Digit | None = None) -> AppTest:
-    at = AppTest.from_file(page, default_timeout=180)
-    if models is not None:
-        at.session_state[OWN_MODELS_KEY] = models
-    if selected is not None:
-        at.session_state[MODEL_KEY] = selected
-    if digit is not None:
-        at.session_state[DIGIT_KEY] = digit
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def random_model(config, name: str, seed: int = 0) -> LoadedModel:

@@ -15,10 +15,11 @@ import json
 import re
 from pathlib import Path
 
+import apptest_helpers as helpers
 import numpy as np
 import pytest
 import torch
-from apptest_helpers import chart, decode, session_model
+from apptest_helpers import chart, decode, ok, session_model
 from streamlit.testing.v1 import AppTest
 from test_jobs import GatedTraining, generated_digits
 
@@ -39,7 +40,6 @@ from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
 from cnn_core.train import TrainConfig
 from ui.state import (
-    DIGIT_KEY,
     MODEL_KEY,
     OWN_MODELS_KEY,
     PICKER_KEY,
@@ -66,20 +66,7 @@ pytestmark = pytest.mark.usefixtures("no_job_outlives_its_test")
 
 def new_page(page: str = TRAIN, models: dict[str, LoadedModel] | None = None, selected: str | None = None,
              digit: Digit | None = None) -> AppTest:
-    at = AppTest.from_file(page, default_timeout=180)
-    if models is not None:
-        at.session_state[OWN_MODELS_KEY] = models
-    if selected is not None:
-        at.session_state[MODEL_KEY] = selected
-    if digit is not None:
-        at.session_state[DIGIT_KEY] = digit
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return helpers.new_page(page, models, selected, digit)
 
 
 def shown(markdown: str) -> str:
