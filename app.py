@@ -10,6 +10,7 @@ import streamlit as st
 from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
+from cnn_core.model import count_parameters
 from cnn_core.preprocess import MAX_UPLOAD_BYTES, ImageError, Preprocessed, load_image, preprocess, to_greyscale
 from ui.bars import probability_bars_html
 from ui.state import (
@@ -245,7 +246,7 @@ def home() -> None:
         "The pages on the left open the network up, layer by layer.")
     reader()
     st.divider()
-    parameters = sum(p.numel() for p in loaded.model.parameters())
+    parameters = count_parameters(loaded.model)
     layers = " → ".join(name for name, _ in loaded.model.named_children())
     st.markdown(
         f"**{model_label_md(selected_model_id())}**, {parameters:,} parameters: {layers}. The network is the "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .model import INPUT_SHAPE
+from .model import INPUT_SHAPE, count_parameters
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int] = INPUT_SHAP
             shape = (math.prod(shape),)
         elif isinstance(layer, nn.Linear):
             shape = (layer.out_features,)
-        params = sum(p.numel() for p in layer.parameters())
+        params = count_parameters(layer)
         rows.append(LayerRow(i, name, type(layer).__name__, describe(layer), shape, params, size))
     return rows
 

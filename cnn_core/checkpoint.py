@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .model import ModelConfig, build_model, config_from_dict
+from .model import ModelConfig, build_model, config_from_dict, count_parameters
 from .paths import MODELS_DIR
 
 MAX_WEIGHTS_BYTES = 64 * 1024 * 1024
@@ -110,7 +110,7 @@ def save_checkpoint(model: nn.Module, config: ModelConfig, weights_path: str | P
         architecture=config.to_dict(),
         weights_file=Path(weights_path).name,
         sha256=sha256_bytes(data),
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=count_parameters(model),
     )
     weights_path = Path(weights_path)
     # Keep the old weights so that a failed card write can put them back: the pair must match.
@@ -181,7 +181,7 @@ def load_checkpoint_bytes(weights: bytes, card_bytes: bytes, where: str = "weigh
     try:
         config = config_from_dict(card["architecture"])
         with torch.device("meta"):  # count first, allocating nothing: a card may ask for a huge network
-            parameters = sum(p.numel() for p in build_model(config).parameters())
+            parameters = count_parameters(build_model(config))
         if parameters > MAX_WEIGHTS_BYTES // 4:
             raise ValueError(f"{parameters:,} parameters do not fit in a weights file of at most "
                              f"{MAX_WEIGHTS_BYTES // 2**20} MiB")

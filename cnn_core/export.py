@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import LoadedModel, sha256_bytes, state_dict_bytes
 from .introspect import Trace
+from .model import count_parameters
 
 RESERVED_NPZ_KEYS = ("input", "probabilities")
 
@@ -154,7 +155,7 @@ def model_files(loaded: LoadedModel, weights_file: str | None = None) -> tuple[b
     weights = state_dict_bytes(loaded.model)
     card = dict(loaded.card)
     card.update(architecture=loaded.config.to_dict(), sha256=sha256_bytes(weights),
-                parameters=sum(p.numel() for p in loaded.model.parameters()))
+                parameters=count_parameters(loaded.model))
     if weights_file is not None:
         card["weights_file"] = weights_file
     return weights, (json.dumps(card, indent=2) + "\n").encode()

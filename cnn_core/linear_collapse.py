@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .introspect import forward_layers
-from .model import INPUT_SHAPE
+from .model import INPUT_SHAPE, count_parameters
 
 # Layers that change nothing at inference: dropout only drops units while training.
 IDENTITY_AT_INFERENCE: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Identity)
@@ -56,10 +56,6 @@ def last_linear_pair(model: nn.Module) -> LinearPair | None:
     i, j = linear[-2], linear[-1]
     between = tuple((name, type(layer).__name__) for name, layer in children[i + 1: j])
     return LinearPair(children[i][0], children[j][0], between)
-
-
-def _parameters(layer: nn.Module) -> int:
-    return sum(p.numel() for p in layer.parameters())
 
 
 @dataclass(frozen=True)
@@ -133,8 +129,8 @@ def multiply_out(model: nn.Module, pair: LinearPair | None = None) -> LinearProd
     b2 = second.bias.detach().double() if second.bias is not None else torch.zeros(w2.shape[0], dtype=torch.float64)
     # float64: the product sums 128 terms per entry; the comparison below should show the layers' own
     # float32 rounding, not the product's.
-    return LinearProduct(pair, w2 @ w1, w2 @ b1 + b2, first.out_features, _parameters(first), _parameters(second),
-                         _parameters(model))
+    return LinearProduct(pair, w2 @ w1, w2 @ b1 + b2, first.out_features, count_parameters(first), count_parameters(second),
+                         count_parameters(model))
 
 
 @dataclass(frozen=True)

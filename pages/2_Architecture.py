@@ -10,7 +10,7 @@ from torch import nn
 from cnn_core.architecture import LayerRow, layer_table, output_size, total_parameters, window_of
 from cnn_core.checkpoint import LoadedModel
 from cnn_core.linear_collapse import LogitComparison, compare_logits, last_linear_pair, multiply_out
-from cnn_core.model import CNNConfig, ModelConfig
+from cnn_core.model import CNNConfig, ModelConfig, count_parameters
 from cnn_core.preprocess import normalise
 from ui.charts import shape_flow
 from ui.state import (
@@ -171,8 +171,7 @@ def fc_lesson(loaded: LoadedModel) -> None:
             f"full {n_out}×{n_in:,} matrix ({product.parameters:,}) would."
         )
     elif product.redundant_parameters:
-        conv = sum(p.numel() for layer in model.children() if isinstance(layer, nn.Conv2d)
-                   for p in layer.parameters())
+        conv = sum(count_parameters(layer) for layer in model.children() if isinstance(layer, nn.Conv2d))
         st.markdown(
             f"So **{product.redundant_parameters:,} of the {total:,} parameters** "
             f"({product.redundant_parameters / total:.0%}) change nothing the network can express: the same layers "

@@ -8,6 +8,7 @@ import streamlit as st
 from cnn_core.checkpoint import LoadedModel
 from cnn_core.data import MnistSplit
 from cnn_core.measure import Measurements, SplitMeasurement
+from cnn_core.model import count_parameters
 from ui.charts import confusion_heatmap, per_class_bars, per_class_comparison, per_class_floor, training_curves
 from ui.state import (
     SHIPPED_ID,
@@ -62,7 +63,7 @@ def card_section(loaded: LoadedModel, model_id: str) -> None:
         st.caption("These entries come from the uploaded model card and were not checked, except the architecture "
                    "and the weights' sha256. The figures measured by this app are further down.")
     c1, c2, c3 = st.columns(3)
-    c1.metric("Parameters", f"{sum(p.numel() for p in loaded.model.parameters()):,}",
+    c1.metric("Parameters", f"{count_parameters(loaded.model):,}",
               help="Counted on the loaded network.")
     claimed = metrics.get("test_accuracy")
     label = "Test accuracy (the card claims)" if uploaded else "Test accuracy (card)"
