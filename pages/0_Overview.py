@@ -337,7 +337,7 @@ intro.write(
     f"**{plain(digit.source)}** through every layer at once, left to right"
     + (f": {n_maps:,} feature maps, then vectors of " if has_maps else ": vectors of ")
     + (", ".join(vectors[:-1]) + f" and {vectors[-1]}" if len(vectors) > 1 else vectors[0])
-    + f" values; the network reads a **{tr.prediction}** ({tr.confidence:.1%}). Click a map or a unit to light "
+    + f" values; the network reads a **{tr.prediction}** (softmax {tr.confidence:.1%}). Click a map or a unit to light "
     "up, in orange, what it is computed from."
 )
 

@@ -356,7 +356,7 @@ ids = (loaded.identity, digit.key)  # what every figure depends on: the model (a
 
 st.write(
     f"Follow **{plain(digit.source)}** through the network, one layer at a time, in the order the network "
-    f"computes them. It reads this digit as a **{tr.prediction}** ({tr.confidence:.1%} confident). "
+    f"computes them. It reads this digit as a **{tr.prediction}** (softmax {tr.confidence:.1%}). "
     "Pick a channel in a convolution section, or click its tile, and the sections after it follow that channel."
 )
 

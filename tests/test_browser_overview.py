@@ -268,7 +268,7 @@ def test_drawing_on_the_overview_changes_every_layer(laptop, app_server, shown):
     result = preprocess(pixels)
     assert not result.blank
     expected = trace(load_checkpoint(default_weights()).model, result.tensor)
-    expect(intro).to_contain_text(f"reads a {expected.prediction} ({expected.confidence:.1%})")
+    expect(intro).to_contain_text(f"reads a {expected.prediction} (softmax {expected.confidence:.1%})")
     wait_for_pictures(page, len(shown_layers(model)))
     assert page.locator(".st-key-ov_input_column img").first.get_attribute("src") != before
     assert_no_errors(page, "the Overview page after a drawing")

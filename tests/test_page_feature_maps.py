@@ -60,7 +60,7 @@ def test_page_shows_the_prediction_of_the_trace(shipped, test_split, index):
     assert metric_value(at, "Prediction") == str(expected.prediction)
     intro = at.markdown[0].value
     assert plain(f"MNIST test #{index}") in intro  # the source as plain text, never as Markdown
-    assert f"as a **{expected.prediction}** ({expected.confidence:.1%} confident)" in intro
+    assert f"as a **{expected.prediction}** (softmax {expected.confidence:.1%})" in intro
     shown = decode(chart(at, "fm_probs_fc2")["data"][0]["y"])
     np.testing.assert_allclose(shown, expected.probabilities.numpy(), rtol=1e-5)
 

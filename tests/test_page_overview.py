@@ -140,7 +140,7 @@ def test_the_default_view_shows_every_layer_and_the_prediction(shipped):
         np.testing.assert_allclose(custom[:, 2], tr[layer].amax(dim=(1, 2)).numpy(), rtol=1e-6)
     intro = at.markdown[0].value
     assert "288 feature maps, then vectors of 3,136, 128 and 10 values" in intro
-    assert f"reads a **{tr.prediction}** ({tr.confidence:.1%})" in intro
+    assert f"reads a **{tr.prediction}** (softmax {tr.confidence:.1%})" in intro
     # Nothing selected yet: the answer, and the fc1 units that push it most.
     assert at.subheader[0].value == f"fc2[{tr.prediction}]: fully connected"
     src = unit_sources(shipped.model, tr, "fc2", (tr.prediction,))
@@ -216,7 +216,7 @@ def test_every_variant_is_drawn_from_its_own_layers(name):
     maps = [rows[n].output_shape for n in shown_layers(model) if len(rows[n].output_shape) == 3]
     tr = trace(model, normalise(digit.pixels))
     intro = at.markdown[0].value
-    assert f"reads a **{tr.prediction}** ({tr.confidence:.1%})" in intro
+    assert f"reads a **{tr.prediction}** (softmax {tr.confidence:.1%})" in intro
     if maps:
         assert f"{sum(s[0] for s in maps):,} feature maps" in intro
         assert not at.info
