@@ -41,9 +41,6 @@ STALE = "home_canvas_stale"  # the canvas value sent before an Undo / Clear: ign
 SEEDS_MADE = "home_canvas_seeds_made"
 UPLOADED = "home_upload"  # (name, preview PNG bytes) of the last good upload
 
-# The canvas component shows a toolbar on hover (undo, redo, reset, and an "edit" mode in which a drag moves
-# a stroke and silently changes the answer); a phone never hovers. The pages have their own Undo and Clear
-# buttons, so the toolbar is hidden inside the component's (open) shadow root, on every page.
 LAYOUT_CSS = """
 <style>
 @media (min-width: 641px) { .st-key-answer_narrow, .st-key-input_narrow { display: none; } }
@@ -51,11 +48,18 @@ LAYOUT_CSS = """
 [data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
 </style>
 """
-HIDE_CANVAS_TOOLBAR = """
+# Two changes to the canvas component, made from outside it, on every page that has one:
+# - It shows a toolbar on hover (undo, redo, reset, and an "edit" mode in which a drag moves a stroke and
+#   silently changes the answer); a phone never hovers. The pages have their own Undo and Clear buttons, so
+#   the toolbar is hidden inside the component's (open) shadow root.
+# - It sends a new drawing 200 ms after the stroke ends (a fixed debounce), which alone is more than the
+#   whole answer costs the server. The hidden toolbar's own "Update the app with this drawing" button sends
+#   at once and cancels that wait: it is pressed when a stroke ends, after the component has recorded it.
+CANVAS_SCRIPT = """
 <script>
 (() => {
-  if (window.__cnnExplorerToolbar) return;
-  window.__cnnExplorerToolbar = true;
+  if (window.__cnnExplorerCanvas) return;
+  window.__cnnExplorerCanvas = true;
   const hide = () => {
     for (const host of document.querySelectorAll('[data-testid="stElementContainer"] div')) {
       const root = host.shadowRoot;
@@ -72,6 +76,28 @@ HIDE_CANVAS_TOOLBAR = """
   // sees: look again on every change of the page and four times a second.
   new MutationObserver(hide).observe(document.body, {childList: true, subtree: true});
   setInterval(hide, 250);
+
+  let drawingIn = null;  // the shadow root of the canvas a stroke started on
+  const started = (event) => {
+    const path = event.composedPath();
+    const onCanvas = path.some((el) => el instanceof HTMLCanvasElement);
+    const root = path.find((el) => el instanceof ShadowRoot && el.querySelector('.dc-toolbar'));
+    drawingIn = onCanvas && root ? root : null;
+  };
+  const ended = () => {
+    const root = drawingIn;
+    drawingIn = null;
+    if (!root) return;
+    // A task later: the component records the stroke (and starts its 200 ms wait) in a microtask of mouse-up.
+    setTimeout(() => {
+      const send = root.querySelector('button[aria-label="Update the app with this drawing"]');
+      if (send) send.click();
+    }, 0);
+  };
+  window.addEventListener('mousedown', started, true);
+  window.addEventListener('touchstart', started, true);
+  window.addEventListener('mouseup', ended);
+  window.addEventListener('touchend', ended);
 })();
 </script>
 """
@@ -271,7 +297,7 @@ PAGES = (  # file in pages/ (None: the home page above), title in the sidebar, M
 )
 
 st.set_page_config(page_title="CNN Explorer", page_icon="🔢", layout="wide")
-st.html(HIDE_CANVAS_TOOLBAR, unsafe_allow_javascript=True)  # every page with a canvas: Home, Overview, Compare
+st.html(CANVAS_SCRIPT, unsafe_allow_javascript=True)  # every page with a canvas: Home, Overview, Compare
 st.navigation([
     st.Page(home, title=title, icon=icon, default=True) if file is None
     else st.Page(HERE / "pages" / file, title=title, icon=icon)

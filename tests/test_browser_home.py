@@ -115,3 +115,32 @@ def test_undo_clear_and_the_drawing_kept_across_pages(page, app_server):
     page.get_by_role("button", name="Clear").click()
     wait_for_ink(page, lambda n: n == 0, "after Clear")
     expect(prediction(page)).to_have_count(0, timeout=TIMEOUT_MS)
+
+
+def test_each_stroke_is_sent_once_when_it_ends(page, app_server):
+    """The page presses the canvas's hidden "send" button at mouse-up instead of waiting for the component's
+    200 ms debounce: each stroke must still reach the server exactly once (no second, debounced copy)."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    reruns: list[int] = []
+
+    def on_sent(payload) -> None:
+        if isinstance(payload, bytes):
+            msg = BackMsg.FromString(payload)
+            if msg.WhichOneof("type") == "rerun_script":
+                reruns.append(len(payload))
+
+    page.on("websocket", lambda ws: ws.on("framesent", on_sent))
+    page.goto(app_server.url)
+    wait_for_script_idle(page)
+    page.locator(CANVAS_INPUT).wait_for(state="visible")
+    send = page.locator('button[aria-label="Update the app with this drawing"]')  # inside the open shadow root
+    expect(send).to_have_count(1)
+
+    for points in (BAR, SLANT):
+        before = len(reruns)
+        with script_rerun(page):
+            stroke(page, points)
+        page.wait_for_timeout(600)  # well past the component's own 200 ms wait: a debounced copy would be here
+        assert len(reruns) - before == 1, f"a stroke sent {len(reruns) - before} drawings"
+    expect(prediction(page)).to_have_text("7", timeout=TIMEOUT_MS)
