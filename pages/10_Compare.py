@@ -230,7 +230,7 @@ def two_networks(digit_a: Digit, model_id: str) -> None:
     r1, r2 = st.columns(2)
     for column, name, tr, mid in ((r1, names[0], tr_x, x_id), (r2, names[-1], tr_y, y_id)):
         params = count_parameters(get_model_by_id(mid).model)
-        column.metric(f"Prediction of {plain(name)}", str(tr.prediction), f"{tr.confidence:.1%} confident, "
+        column.metric(f"Prediction of {plain(name)}", str(tr.prediction), f"softmax {tr.confidence:.1%}, "
                       f"{params:,} parameters", delta_color="off", delta_arrow="off")
     shown = [tr_x.probabilities] if x_id == y_id else [tr_x.probabilities, tr_y.probabilities]
     st.markdown("**Output probabilities**")

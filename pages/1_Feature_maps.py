@@ -332,7 +332,7 @@ def output_section(row: LayerRow, layer: nn.Linear, tr: Trace, ids: tuple) -> No
         show(f"fm_probs_{row.name}", ("probs",) + ids + (row.name,),
              lambda: figures.probability_bars(tr.probabilities))
     with answer_col:
-        st.metric("Prediction", str(tr.prediction), f"{tr.confidence:.1%} confident", delta_color="off",
+        st.metric("Prediction", str(tr.prediction), f"softmax {tr.confidence:.1%}", delta_color="off",
                   delta_arrow="off")
 
 

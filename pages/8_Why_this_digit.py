@@ -196,7 +196,7 @@ st.title("Why this digit?")
 digit = digit_or_sample_picker()
 loaded = get_model()
 trace = get_trace(digit)
-st.metric("Prediction", str(trace.prediction), f"{trace.confidence:.1%} confident", delta_color="off",
+st.metric("Prediction", str(trace.prediction), f"softmax {trace.confidence:.1%}", delta_color="off",
           delta_arrow="off")
 saliency_section(loaded, digit, trace.prediction)
 what_if_section(loaded, digit, trace.prediction)

@@ -444,6 +444,8 @@ def test_why_page_matches_the_trace(shipped, test_split):
     at = run_page("8_Why_this_digit.py", pixels)
     assert_no_errors(at)
     assert metric(at, "Prediction") == str(tr.prediction)
+    # the raw softmax, named so (the home page shows calibrated probabilities)
+    assert [m.proto.delta for m in at.metric if m.label == "Prediction"] == [f"softmax {tr.confidence:.1%}"]
     assert metric(at, "as drawn: prediction") == str(tr.prediction)
     assert at.selectbox(key="why_target").value == tr.prediction
     # The "try it" view: moved 3 px right, the bars are the network's probabilities for that image.
