@@ -16,7 +16,9 @@ them under ``<prefix>/share/cnn-explorer``).
 from __future__ import annotations
 
 import os
+import site
 import sys
+import sysconfig
 from pathlib import Path
 
 DATA_ENV = "CNN_EXPLORER_DATA"
@@ -36,8 +38,13 @@ def project_root() -> Path:
         return Path(os.environ[HOME_ENV]).expanduser().resolve()
     if (_SOURCE_ROOT / "app.py").is_file():
         return _SOURCE_ROOT
-    installed = Path(sys.prefix) / "share" / "cnn-explorer"
-    return installed if installed.is_dir() else _SOURCE_ROOT
+    # pip puts data files under the install scheme's "data" path: sys.prefix in a venv or the python image,
+    # /usr/local for Debian's system Python (whose sys.prefix is /usr), the user base for `pip install --user`.
+    for base in (sysconfig.get_path("data"), sys.prefix, site.getuserbase()):
+        installed = Path(base) / "share" / "cnn-explorer"
+        if installed.is_dir():
+            return installed
+    return _SOURCE_ROOT
 
 
 PROJECT_ROOT = project_root()
