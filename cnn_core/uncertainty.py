@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .data import MnistSplit, to_input
+from .introspect import Trace, inference_steps
 
 NUM_CLASSES = 10
 SCORES = ("mahalanobis", "energy", "both")
@@ -103,18 +104,21 @@ def last_linear(model: nn.Sequential) -> int:
 def features_and_logits(model: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The input of the last Linear layer and the logits, for a normalised batch (N, 1, 28, 28).
 
-    A pure function of the model and the input (the model's layers in order, eval mode): no hooks.
+    A pure function of the model and the input: the layers in order, as at inference (no hooks).
     """
-    layers = list(model)
     cut = last_linear(model)
-    h = x
-    for layer in layers[:cut]:
-        h = layer(h)
-    features = h.flatten(1)
-    logits = h
-    for layer in layers[cut:]:
-        logits = layer(logits)
-    return features.double(), logits.double()
+    features = x
+    for i, (_, _, h) in enumerate(inference_steps(model, x)):
+        if i == cut - 1:
+            features = h
+    return features.flatten(1).double(), h.double()
+
+
+def trace_features_and_logits(model: nn.Sequential, tr: Trace) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`features_and_logits` read off a trace of one input, (1, F) and (1, 10): no second forward pass."""
+    cut = last_linear(model)
+    features = tr.layers[cut - 1].output if cut else tr.input
+    return features.reshape(1, -1).double(), tr.logits.reshape(1, -1).double()
 
 
 def _features_of(model: nn.Sequential, split: MnistSplit, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -308,18 +312,21 @@ def _scores(u: Uncertainty, features: np.ndarray, logits: np.ndarray) -> np.ndar
     return combine(raw_scores(features, logits, u.means, u.precision, u.temperature), u.score, u.scales)
 
 
-def assess_batch(model: nn.Sequential, uncertainty: Uncertainty, inputs: torch.Tensor) -> list[Assessment]:
-    """:func:`assess` for a batch of normalised inputs (N, 1, 28, 28)."""
-    features, logits = features_and_logits(model, inputs)
-    z = logits.numpy()
-    raw, calibrated = softmax(z), softmax(z, uncertainty.temperature)
-    scores = _scores(uncertainty, features.numpy(), z)
+def _assessments(uncertainty: Uncertainty, features: np.ndarray, logits: np.ndarray) -> list[Assessment]:
+    raw, calibrated = softmax(logits), softmax(logits, uncertainty.temperature)
+    scores = _scores(uncertainty, features, logits)
     out = []
-    for i in range(len(z)):
+    for i in range(len(logits)):
         k = int(calibrated[i].argmax())
         out.append(Assessment(k, calibrated[i], raw[i], float(calibrated[i, k]), float(scores[i]),
                               uncertainty.threshold, bool(scores[i] > uncertainty.threshold)))
     return out
+
+
+def assess_batch(model: nn.Sequential, uncertainty: Uncertainty, inputs: torch.Tensor) -> list[Assessment]:
+    """:func:`assess` for a batch of normalised inputs (N, 1, 28, 28)."""
+    features, logits = features_and_logits(model, inputs)
+    return _assessments(uncertainty, features.numpy(), logits.numpy())
 
 
 def assess(model: nn.Sequential, uncertainty: Uncertainty, input_tensor: torch.Tensor) -> Assessment:
@@ -329,6 +336,12 @@ def assess(model: nn.Sequential, uncertainty: Uncertainty, input_tensor: torch.T
     """
     x = input_tensor.reshape(1, 1, 28, 28).float()
     return assess_batch(model, uncertainty, x)[0]
+
+
+def assess_trace(model: nn.Sequential, uncertainty: Uncertainty, tr: Trace) -> Assessment:
+    """:func:`assess` of the input of a trace ``model`` made, from the trace's own layer outputs."""
+    features, logits = trace_features_and_logits(model, tr)
+    return _assessments(uncertainty, features.numpy(), logits.numpy())[0]
 
 
 # --------------------------------------------------------------------------- files

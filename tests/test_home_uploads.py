@@ -239,3 +239,38 @@ def test_a_file_name_is_shown_as_plain_text_never_as_markdown(home, digit_image,
     assert "[click me](http://evil.example)" not in shown and "**bold**" not in shown
     bad = upload(home, name, b"not an image")
     assert bad.error[0].value.startswith(plain(name))
+
+
+def grid_image() -> Image.Image:
+    """A grid of lines: one mark of digit size, and nothing like a digit."""
+    from PIL import ImageDraw
+
+    img = Image.new("L", (200, 200), 0)
+    draw = ImageDraw.Draw(img)
+    for k in range(20, 200, 30):
+        draw.line((k, 10, k, 190), fill=255, width=8)
+        draw.line((10, k, 190, k), fill=255, width=8)
+    return img
+
+
+def test_the_answer_is_the_models_calibrated_assessment(home, digit_image):
+    """The home page's probabilities and its unusual-input warning are the library's assessment of the input."""
+    from cnn_core.checkpoint import load_checkpoint
+    from cnn_core.uncertainty import assess, load_uncertainty
+    from ui.state import default_model_id, shipped_model_paths
+
+    weights = shipped_model_paths()[default_model_id()]
+    model, stats = load_checkpoint(weights).model, load_uncertainty(weights)
+    assert stats is not None
+    outcomes = []
+    for name, image in (("digit.png", digit_image), ("grid.png", grid_image())):
+        data = encode(image, "PNG")
+        at = upload(home, name, data)
+        expected = assess(model, stats, preprocess(load_image(data)).tensor)
+        assert shown_prediction(at) == str(expected.prediction)
+        assert any("Probabilities (calibrated)" in h.body for h in at.get("html"))
+        assert any(f"{expected.confidence:.0%}" in m.delta for m in at.metric if m.label == "Prediction")
+        warned = any("does not look like the digits" in w.value for w in at.warning)
+        assert warned == expected.unusual, name
+        outcomes.append(expected.unusual)
+    assert outcomes == [False, True]  # both branches of the page are exercised

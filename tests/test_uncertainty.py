@@ -110,6 +110,11 @@ def test_features_are_the_input_of_the_last_linear_layer(config, width):
         assert torch.allclose(logits.float(), model(x), atol=1e-5)
         last = list(model)[U.last_linear(model)]
         assert torch.allclose(last(feats.float()), model(x), atol=1e-5)
+    from cnn_core.introspect import trace
+
+    one_feats, one_logits = U.trace_features_and_logits(model, trace(model, x[0]))
+    alone = U.features_and_logits(model, x[:1])
+    assert torch.equal(one_feats, alone[0]) and torch.equal(one_logits, alone[1])
 
 
 def toy_problem():
@@ -248,3 +253,15 @@ def test_malformed_files_are_refused(change, message):
 def test_not_an_npz_is_refused():
     with pytest.raises(U.UncertaintyError, match="cannot be read"):
         U.uncertainty_from_bytes(b"PK\x03\x04 not really a zip")
+
+
+def test_an_assessment_read_off_a_trace_is_the_assessment_of_its_input():
+    """The home page assesses the trace it already has instead of running the network a second time."""
+    from cnn_core.introspect import trace
+
+    model, fit, val = toy_problem()
+    u = U.fit_uncertainty(model, fit, val, false_alarm=0.05)
+    for x in list(to_input(val.images[:4])) + [torch.full((1, 28, 28), 40.0)]:
+        from_trace, direct = U.assess_trace(model, u, trace(model, x)), U.assess(model, u, x)
+        assert from_trace.score == direct.score and from_trace.unusual == direct.unusual
+        np.testing.assert_array_equal(from_trace.probabilities, direct.probabilities)

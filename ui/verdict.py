@@ -10,7 +10,7 @@ import torch
 
 from cnn_core.checkpoint import LoadedModel
 from cnn_core.introspect import Trace
-from cnn_core.uncertainty import Uncertainty, UncertaintyError, assess, load_uncertainty
+from cnn_core.uncertainty import Uncertainty, UncertaintyError, assess_trace, load_uncertainty
 from ui.state import Digit, shipped_model_paths
 
 UNSURE_BELOW = 0.6  # a top probability under this is called unsure on the page
@@ -60,7 +60,7 @@ def verdict_for(loaded: LoadedModel, model_id: str, digit: Digit, trace: Trace) 
     calibrated, unusual = False, False
     stats = _uncertainty(loaded.identity, shipped_model_paths().get(model_id))
     if stats is not None:
-        assessment = assess(loaded.model, stats, trace.input)
+        assessment = assess_trace(loaded.model, stats, trace)
         probabilities = np.asarray(assessment.probabilities, dtype=float).reshape(-1)
         calibrated, unusual = True, bool(assessment.unusual)
     prediction = int(probabilities.argmax())
