@@ -144,6 +144,23 @@ def default_weights() -> str:
 
 # --------------------------------------------------------------------------- the browser
 
+REQUIRE_BROWSER = os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1"  # CI: a missing browser fails, never skips
+
+
+def playwright_expect():
+    """Playwright's ``expect``; skips the calling test module when playwright is missing (fails it in CI).
+
+    Call at module level: ``expect = playwright_expect()``.
+    """
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        if REQUIRE_BROWSER:
+            raise
+        pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+    return expect
+
+
 
 def chromium_path() -> Path:
     """Debian's chromium; skips the test when it is missing, or fails it if CNN_EXPLORER_REQUIRE_BROWSER=1."""
@@ -153,7 +170,7 @@ def chromium_path() -> Path:
         f"no chromium at {CHROMIUM} (install Debian's: sudo apt-get install chromium; "
         "or point CNN_EXPLORER_CHROMIUM at one)"
     )
-    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
+    if REQUIRE_BROWSER:
         pytest.fail(f"CNN_EXPLORER_REQUIRE_BROWSER=1 but {reason}")
     pytest.skip(reason)
 
@@ -167,7 +184,7 @@ def launch_chromium(playwright):
     try:
         return playwright.chromium.launch(executable_path=str(chromium_path()), args=CHROMIUM_ARGS)
     except PlaywrightError as e:
-        if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
+        if REQUIRE_BROWSER:
             raise
         pytest.skip(f"chromium at {CHROMIUM} could not be started: {e}")
 

@@ -15,7 +15,6 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 from __future__ import annotations
 
 import gzip
-import os
 import re
 from pathlib import Path
 
@@ -33,18 +32,14 @@ from browser import (
     discover_pages,
     draw,
     follow_script_runs,
+    playwright_expect,
     script_rerun,
     wait_for_script_idle,
     write_docs_copy,
 )
 from PIL import Image
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+expect = playwright_expect()
 
 
 METRIC_VALUE = '[data-testid="stMetricValue"]'

@@ -9,7 +9,6 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -22,17 +21,13 @@ from browser import (
     canvas_image,
     draw,
     follow_script_runs,
+    playwright_expect,
     script_rerun,
     wait_for_script_idle,
 )
 from PIL import Image
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+expect = playwright_expect()
 
 SEVEN = [[(0.25 + 0.5 * i / 20, 0.2) for i in range(21)],
          [(0.75 - 0.3 * i / 30, 0.2 + 0.65 * i / 30) for i in range(31)]]

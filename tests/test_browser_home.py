@@ -5,7 +5,6 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -17,16 +16,12 @@ from browser import (
     assert_no_errors,
     draw,
     follow_script_runs,
+    playwright_expect,
     script_rerun,
     wait_for_script_idle,
 )
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+expect = playwright_expect()
 
 BAR = [(0.28 + 0.44 * i / 20, 0.2) for i in range(21)]  # the top bar of a 7
 SLANT = [(0.72 - 0.26 * i / 30, 0.2 + 0.62 * i / 30) for i in range(31)]  # its stem

@@ -30,17 +30,13 @@ from browser import (
     assert_no_errors,
     default_weights,
     follow_script_runs,
+    playwright_expect,
     script_rerun,
     wait_for_script_idle,
 )
 from PIL import Image
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+expect = playwright_expect()
 
 PHONE = {"width": 390, "height": 844}
 UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"

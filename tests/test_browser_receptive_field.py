@@ -10,18 +10,12 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
-from browser import SCREENSHOT_DIR, TIMEOUT_MS, VIEWPORT, assert_no_errors, wait_for_script_idle
+from browser import SCREENSHOT_DIR, TIMEOUT_MS, VIEWPORT, assert_no_errors, playwright_expect, wait_for_script_idle
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+expect = playwright_expect()
 
 MAP = ".st-key-rf_map"  # the element container of the chart with key "rf_map"
 

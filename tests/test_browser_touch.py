@@ -12,7 +12,6 @@ Needs chromium at /usr/bin/chromium: skipped without it, failed if CNN_EXPLORER_
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -26,17 +25,13 @@ from browser import (
     canvas_image,
     default_weights,
     follow_script_runs,
+    playwright_expect,
     script_rerun,
     wait_for_script_idle,
     write_docs_copy,
 )
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
+expect = playwright_expect()
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
 REAL_MODEL_ACCURACY = 0.99  # below this the shipped weights are the placeholder: do not expect the right digit
