@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from browser import chromium_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "bench_load.py"
@@ -77,12 +78,7 @@ def test_strokes_stay_on_the_canvas_and_differ(bench):
 
 
 def test_bench_load_short_run():
-    chromium = Path(os.environ.get("CNN_EXPLORER_CHROMIUM", "/usr/bin/chromium"))
-    if not chromium.is_file():
-        reason = f"bench_load drives a real browser and there is no chromium at {chromium}"
-        if os.environ.get("CNN_EXPLORER_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    chromium_path()  # bench_load drives a real browser: skipped without chromium, failed in CI
     proc = subprocess.run([sys.executable, str(BENCH), "--sessions", "2", "--seconds", "10"],
                           cwd=ROOT, capture_output=True, text=True, timeout=400)
     out = proc.stdout
