@@ -173,18 +173,14 @@ def relu_maps_section(model: nn.Module, row: LayerRow, before_name: str, tr: Tra
     before, after = tr[before_name], tr[row.name]
     negatives = int((before[channel] < 0).sum())
     all_negatives = int((before < 0).sum())
-    a, b, c = st.columns(3, gap="small")
-    with a:
-        show(f"fm_relu_in_{row.name}", ("relu_in",) + ids + (row.name, channel),
-             lambda: figures.image_heatmap(before[channel], f"Before ({before_name}, channel {channel})",
-                                           colorscale=figures.DIVERGING, zmid=0, height=BIG - 40, showscale=True))
-    with b:
-        show(f"fm_relu_mask_{row.name}", ("relu_mask",) + ids + (row.name, channel),
-             lambda: figures.zeroed_mask(before[channel], "Zeroed by ReLU (red)", height=BIG - 40))
-    with c:
-        show(f"fm_relu_out_{row.name}", ("relu_out",) + ids + (row.name, channel),
-             lambda: figures.image_heatmap(after[channel], f"After ({row.name}, channel {channel})",
-                                           colorscale="Viridis", height=BIG - 40, showscale=True))
+    show(f"fm_relu_{row.name}", ("relu",) + ids + (row.name, channel),
+         lambda: figures.panel_row([
+             figures.image_heatmap(before[channel], f"Before ({before_name}, channel {channel})",
+                                   colorscale=figures.DIVERGING, zmid=0, showscale=True),
+             figures.zeroed_mask(before[channel], "Zeroed by ReLU (red)"),
+             figures.image_heatmap(after[channel], f"After ({row.name}, channel {channel})", colorscale="Viridis",
+                                   showscale=True),
+         ], height=BIG - 20))
     st.caption(f"Channel {channel}: ReLU zeroed **{negatives}** of {before[channel].numel()} values "
                f"({negatives / before[channel].numel():.0%}); over all {before.shape[0]} maps "
                f"{all_negatives:,} of {before.numel():,} ({all_negatives / before.numel():.0%}).")
@@ -203,22 +199,20 @@ def pool_section(row: LayerRow, layer: nn.Module, before_name: str, tr: Trace, c
     formula(row)
     before, after = tr[before_name][channel], tr[row.name][channel]
     lo, hi = float(before.min()), float(before.max())  # one colour range: the kept values read the same
-    a, b = st.columns(2, gap="medium")
-    with a:
-        title = f"Before: {before_name}, channel {channel} ({before.shape[0]}×{before.shape[1]})"
-        if isinstance(layer, nn.MaxPool2d):
-            show(f"fm_pool_in_{row.name}", ("pool_in",) + ids + (row.name, channel),
-                 lambda: figures.pool_winners(before, k, title, height=BIG, zmin=lo, zmax=hi))
-            st.caption(f"The dots mark the cell kept from each {k}×{k} block (none where a block is flat).")
-        else:
-            show(f"fm_pool_in_{row.name}", ("pool_in",) + ids + (row.name, channel),
-                 lambda: figures.image_heatmap(before, title, colorscale="Viridis", height=BIG, showscale=True,
-                                               zmin=lo, zmax=hi))
-    with b:
-        show(f"fm_pool_out_{row.name}", ("pool_out",) + ids + (row.name, channel),
-             lambda: figures.image_heatmap(after, f"After: {row.name}, channel {channel} "
-                                           f"({after.shape[0]}×{after.shape[1]})", colorscale="Viridis",
-                                           height=BIG, showscale=True, zmin=lo, zmax=hi))
+    title = f"Before: {before_name}, channel {channel} ({before.shape[0]}×{before.shape[1]})"
+    max_pool = isinstance(layer, nn.MaxPool2d)
+
+    def build() -> go.Figure:
+        before_panel = (figures.pool_winners(before, k, title, zmin=lo, zmax=hi) if max_pool else
+                        figures.image_heatmap(before, title, colorscale="Viridis", showscale=True, zmin=lo, zmax=hi))
+        after_panel = figures.image_heatmap(after, f"After: {row.name}, channel {channel} "
+                                            f"({after.shape[0]}×{after.shape[1]})", colorscale="Viridis",
+                                            showscale=True, zmin=lo, zmax=hi)
+        return figures.panel_row([before_panel, after_panel], height=BIG)
+
+    show(f"fm_pool_{row.name}", ("pool",) + ids + (row.name, channel), build)
+    if max_pool:
+        st.caption(f"The dots mark the cell kept from each {k}×{k} block (none where a block is flat).")
 
 
 def flatten_section(row: LayerRow, before: LayerRow, tr: Trace, channel: int | None, ids: tuple) -> None:
@@ -273,14 +267,13 @@ def dropout_section(row: LayerRow, layer: nn.Dropout, before_name: str, next_nam
     trained = x * mask
     # One colour range for both vectors, whatever the seed: kept values grow by at most 1/(1-p).
     lo, hi = min(float(x.min()) / (1 - p), 0.0), max(float(x.max()) / (1 - p), 1e-6)
-    show(f"fm_drop_mask_{row.name}", ("drop_mask",) + ids + (row.name, seed),
-         lambda: figures.mask_strip(dropped, f"Training: the mask (seed {seed}), dropped units in red"))
-    show(f"fm_drop_train_{row.name}", ("drop_train",) + ids + (row.name, seed),
-         lambda: figures.vector_strip(trained, f"Training: what {next_name} would receive (kept values × "
-                                      f"{1 / (1 - p):.2f})", height=110, zmin=lo, zmax=hi))
-    show(f"fm_drop_eval_{row.name}", ("drop_eval",) + ids + (row.name,),
-         lambda: figures.vector_strip(tr[row.name], f"Inference: what {next_name} receives here", height=110,
-                                      zmin=lo, zmax=hi))
+    show(f"fm_dropout_{row.name}", ("dropout",) + ids + (row.name, seed),
+         lambda: figures.strip_stack([
+             figures.mask_strip(dropped, f"Training: the mask (seed {seed}), dropped units in red"),
+             figures.vector_strip(trained, f"Training: what {next_name} would receive (kept values × "
+                                  f"{1 / (1 - p):.2f})", zmin=lo, zmax=hi),
+             figures.vector_strip(tr[row.name], f"Inference: what {next_name} receives here", zmin=lo, zmax=hi),
+         ]))
     if torch.equal(tr[row.name], x):
         st.caption(f"At inference the output of {row.name} equals the output of {before_name} exactly.")
     else:

@@ -15,7 +15,17 @@ from cnn_core.architecture import layer_table
 from cnn_core.introspect import dropout_mask, trace
 from cnn_core.preprocess import normalise
 from cnn_core.samples import load_samples
-from ui.figures import channel_from_selection, feature_map_grid, mosaic_channel, pool_winners
+from ui.figures import (
+    channel_from_selection,
+    feature_map_grid,
+    image_heatmap,
+    mask_strip,
+    mosaic_channel,
+    panel_row,
+    pool_winners,
+    strip_stack,
+    vector_strip,
+)
 from ui.state import SHIPPED_ID, Digit
 from ui.text import plain
 
@@ -105,10 +115,14 @@ def test_the_channel_widget_changes_what_is_shown(shipped, test_split, conv, aft
         np.testing.assert_allclose(heatmap_z(chart(at, f"fm_map_{conv}")), tr[conv][channel].numpy(), rtol=1e-5,
                                    atol=1e-6)
         relu, pool = after
-        np.testing.assert_allclose(heatmap_z(chart(at, f"fm_relu_out_{relu}")), tr[relu][channel].numpy(),
-                                   rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(heatmap_z(chart(at, f"fm_pool_out_{pool}")), tr[pool][channel].numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        # The ReLU and pooling figures end with the "after" panel.
+        relu_fig, pool_fig = chart(at, f"fm_relu_{relu}"), chart(at, f"fm_pool_{pool}")
+        np.testing.assert_allclose(decode(relu_fig["data"][0]["z"]), tr[conv][channel].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(decode(relu_fig["data"][-1]["z"]), tr[relu][channel].numpy(), rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(decode(pool_fig["data"][0]["z"]), tr[relu][channel].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(decode(pool_fig["data"][-1]["z"]), tr[pool][channel].numpy(), rtol=1e-5,
+                                   atol=1e-6)
         zeroed = int((tr[conv][channel] < 0).sum())
         assert any(f"Channel {channel}: ReLU zeroed **{zeroed}** of" in c.value for c in at.caption)
         kernel = chart(at, f"fm_kernel_{conv}")
@@ -116,12 +130,19 @@ def test_the_channel_widget_changes_what_is_shown(shipped, test_split, conv, aft
 
 
 def test_dropout_counts_follow_the_seed(shipped, test_split):
-    at = run_page(mnist_pixels(test_split, 4))
+    pixels = mnist_pixels(test_split, 4)
+    tr = trace(shipped.model, normalise(pixels))
+    at = run_page(pixels)
     n = next(r.output_shape[0] for r in layer_table(shipped.model) if r.name == "flatten")
     p = shipped.model.dropout.p
     for seed in (0, 1):
-        dropped = int((dropout_mask(n, p, seed) == 0).sum())
+        mask = dropout_mask(n, p, seed)
+        dropped = int((mask == 0).sum())
         assert metric_value(at, "Dropped by this mask") == f"{dropped:,} of {n:,}"
+        mask_z, train_z, eval_z = (decode(t["z"]).ravel() for t in chart(at, "fm_dropout_dropout")["data"])
+        np.testing.assert_array_equal(mask_z, (mask == 0).numpy().astype(np.float32))
+        np.testing.assert_allclose(train_z, (tr["flatten"] * mask).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(eval_z, tr["dropout"].numpy(), rtol=1e-5, atol=1e-6)
         at.button(key="fm_dropout_resample").click().run()
         assert not at.exception
     assert at.number_input(key="fm_dropout_seed").value == 2
@@ -159,3 +180,38 @@ def test_pool_dots_mark_the_maximum_of_each_block():
             block = values[r:r + 2, c:c + 2]
             dy, dx = np.unravel_index(block.argmax(), block.shape)
             assert ((r + dy, c + dx) in marked) == (block.max() > block.min())
+
+
+def test_panels_in_one_figure_keep_their_data_scales_and_squares():
+    rng = np.random.default_rng(2)
+    before, after = rng.normal(size=(8, 8)), rng.random((4, 4))
+    panels = [pool_winners(before, 2, "before", zmin=-1, zmax=1), image_heatmap(after, "after", showscale=True)]
+    fig = panel_row(panels)
+    assert [a.text for a in fig.layout.annotations] == ["before", "after"]
+    # Every trace of every panel, in order, on its own pair of axes.
+    assert [(t.type, t.xaxis, t.yaxis) for t in fig.data] == [("heatmap", "x", "y"), ("scatter", "x", "y"),
+                                                              ("heatmap", "x2", "y2")]
+    np.testing.assert_allclose(fig.data[0].z, before)
+    np.testing.assert_allclose(fig.data[2].z, after)
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (-1, 1)
+    # Each map stays square on its own axes, rows top down, and its colour bar sits beside its own panel.
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis2.scaleanchor == "x2"
+    assert list(fig.layout.yaxis.range) == [7.5, -0.5] and fig.layout.yaxis2.autorange == "reversed"
+    for heatmap, x_axis in ((fig.data[0], fig.layout.xaxis), (fig.data[2], fig.layout.xaxis2)):
+        assert x_axis.domain[1] < heatmap.colorbar.x < x_axis.domain[1] + 0.05
+
+
+def test_stacked_strips_share_units_and_keep_their_outline():
+    values = np.arange(50, dtype=np.float32)
+    strips = [mask_strip(values % 3 == 0, "mask"), vector_strip(values, "values", highlight=(10, 20))]
+    fig = strip_stack(strips)
+    assert [a.text for a in fig.layout.annotations] == ["mask", "values"]
+    np.testing.assert_array_equal(np.ravel(fig.data[1].z), values)
+    assert fig.layout.xaxis.domain == fig.layout.xaxis2.domain  # unit i of one strip above unit i of the next
+    assert fig.data[0].colorbar.ticktext == ("kept", "dropped")
+    (outline,) = fig.layout.shapes
+    assert (outline.x0, outline.x1, outline.xref) == (9.5, 19.5, "x2")
+    # Each colour bar as tall as its own strip, centred on it.
+    for heatmap, y_axis in ((fig.data[0], fig.layout.yaxis), (fig.data[1], fig.layout.yaxis2)):
+        assert heatmap.colorbar.y == pytest.approx(sum(y_axis.domain) / 2)
+        assert heatmap.colorbar.len == pytest.approx(y_axis.domain[1] - y_axis.domain[0])

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.colors as pcolors
 import plotly.graph_objects as go
 from PIL import Image
+from plotly.subplots import make_subplots
 
 PLOT_CONFIG = {"displayModeBar": False}  # every chart of the app: no Plotly toolbar over the figures
 PROB_COLOUR = "#4c78a8"
@@ -283,4 +284,64 @@ def mask_strip(dropped, title: str = "", height: int = 110) -> go.Figure:
     # Keep the colour bar (so the strip lines up with the others) but label it in words.
     fig.update_traces(colorbar=dict(tickvals=[0, 1], ticktext=["kept", "dropped"]),
                       hovertemplate="unit %{x}: %{z:.0f}<extra></extra>")
+    return fig
+
+
+def _axis_settings(axis, x_ref: str | None = None) -> dict:
+    """A panel's axis settings to reuse on a subplot: its place and anchors dropped, its scale tied to ``x_ref``."""
+    settings = axis.to_plotly_json()
+    for placement in ("domain", "anchor", "position", "overlaying", "matches"):
+        settings.pop(placement, None)
+    if "scaleanchor" in settings and x_ref is not None:
+        settings["scaleanchor"] = x_ref
+    return settings
+
+
+def panel_row(panels: list[go.Figure], height: int = 300, spacing: float = 0.07) -> go.Figure:
+    """Square panels made by the functions above, side by side in one figure, each keeping its title and colour bar.
+
+    One figure instead of several charts: the browser lays out and draws one chart, which is most of the
+    cost of a page full of small plots.
+    """
+    n = len(panels)
+    fig = make_subplots(rows=1, cols=n, horizontal_spacing=spacing,
+                        subplot_titles=[p.layout.title.text or "" for p in panels])
+    for j, panel in enumerate(panels, start=1):
+        suffix = "" if j == 1 else str(j)
+        x_domain = fig.layout[f"xaxis{suffix}"].domain
+        for trace in panel.data:
+            if isinstance(trace, go.Heatmap) and trace.showscale:
+                # Each colour bar just right of its own panel, not at the figure's right edge.
+                trace.update(colorbar=dict(x=x_domain[1] + 0.005, xanchor="left", len=0.85, thickness=10))
+            fig.add_trace(trace, row=1, col=j)
+        # Squares pushed to the right of their cells: next to their colour bars.
+        fig.update_xaxes(_axis_settings(panel.layout.xaxis), constraintoward="right", row=1, col=j)
+        fig.update_yaxes(_axis_settings(panel.layout.yaxis, x_ref=f"x{suffix}"), row=1, col=j)
+    fig.update_annotations(font=dict(size=13))
+    # The right margin holds the last panel's colour bar and its labels.
+    fig.update_layout(height=height, margin=dict(l=5, r=60, t=40, b=5), dragmode=False, showlegend=False)
+    return fig
+
+
+def strip_stack(strips: list[go.Figure], strip_px: int = 55, gap_px: int = 45) -> go.Figure:
+    """Strips made by :func:`vector_strip` or :func:`mask_strip`, stacked in one figure, unit under unit."""
+    n = len(strips)
+    top, bottom = 30, 25
+    plot_px = n * strip_px + (n - 1) * gap_px
+    fig = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=gap_px / plot_px,
+                        subplot_titles=[s.layout.title.text or "" for s in strips])
+    for i, strip in enumerate(strips, start=1):
+        suffix = "" if i == 1 else str(i)
+        y_domain = fig.layout[f"yaxis{suffix}"].domain
+        for trace in strip.data:
+            if isinstance(trace, go.Heatmap) and trace.showscale:
+                trace.update(colorbar=dict(y=(y_domain[0] + y_domain[1]) / 2, yanchor="middle",
+                                           len=y_domain[1] - y_domain[0]))
+            fig.add_trace(trace, row=i, col=1)
+        fig.update_xaxes(domain=[0, STRIP_WIDTH], row=i, col=1)
+        fig.update_yaxes(showticklabels=False, row=i, col=1)
+        for shape in strip.layout.shapes:
+            fig.add_shape(shape, row=i, col=1)
+    fig.update_annotations(font=dict(size=13))
+    fig.update_layout(height=plot_px + top + bottom, margin=dict(l=5, r=5, t=top, b=bottom), showlegend=False)
     return fig
