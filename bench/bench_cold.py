@@ -10,7 +10,8 @@ process start to healthy, is printed too) and one headless Chromium page:
 2. draws one stroke on the home canvas, so that the pages have a digit to show (``--no-digit``: not);
 3. opens every other page in sidebar order by clicking its sidebar link: its first visit on this
    server, timed from the click;
-4. opens every page again, in the same order: warm page switches.
+4. opens every page again, in the same order: warm page switches (``--rounds N``: N times, and the
+   table shows each page's median and slowest warm switch).
 
 A visit ends when the page is *fully rendered*: the server's ``script_finished`` for the run that the
 click started has reached the page, and then the DOM shows the app connected, no run going, no stale
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -122,8 +124,9 @@ async def measure(url: str, target: str, server_start_s: float, a: argparse.Name
             for label, href in links:
                 if label != home:
                     result.first.append(await visit(page, wire, label, href, a.timeout))
-            for label, href in links:
-                result.warm.append(await visit(page, wire, label, href, a.timeout))
+            for _ in range(a.rounds):
+                for label, href in links:
+                    result.warm.append(await visit(page, wire, label, href, a.timeout))
             await context.close()
         finally:
             await browser.close()
@@ -149,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default="direct,proxy", help="direct, proxy or both (default direct,proxy)")
     p.add_argument("--processes", type=int, default=3, help="app processes behind nginx for the proxy target")
     p.add_argument("--no-digit", action="store_true", help="do not draw on the home page before visiting the pages")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="warm switches through every page this many times; the table shows their median and max")
     p.add_argument("--timeout", type=float, default=180, help="seconds a page may take before it is an error")
     p.add_argument("--app-root", type=Path, help="serve the app of another copy of the project (default: this one)")
     a = p.parse_args(argv)
@@ -188,16 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         where = "1 app process" if r.target == "direct" else f"nginx + {a.processes} app processes"
         stroke = f"; first stroke {r.stroke_s * 1000:.0f} ms to shown" if r.stroke_s is not None else ""
         print(f"\n{r.target} ({where}): server start to healthy {r.server_start_s:.1f} s{stroke}")
-        header = f"{'page':<22} {'first visit':>11} {'warm switch':>11}"
+        header = f"{'page':<22} {'first visit':>11} {'warm switch':>11}" + (f" {'warm max':>9}" if a.rounds > 1 else "")
         print(header)
         print("-" * len(header))
-        warm = {v.page: v for v in r.warm}
+        medians = []
         for v in r.first:
-            print(f"{v.page:<22} {seconds(v):>11} {seconds(warm.get(v.page)):>11}")
+            warm = sorted(w.seconds for w in r.warm if w.page == v.page and w.seconds is not None)
+            medians += [statistics.median(warm)] if warm else []
+            median = f"{medians[-1]:>11.2f}" if warm else f"{'failed':>11}"
+            worst = (f" {warm[-1]:>9.2f}" if warm else f" {'failed':>9}") if a.rounds > 1 else ""
+            print(f"{v.page:<22} {seconds(v):>11} {median}{worst}")
         firsts = [v.seconds for v in r.first if v.seconds is not None]
         warms = [v.seconds for v in r.warm if v.seconds is not None]
         if firsts and warms:
-            print(f"{'slowest':<22} {max(firsts):>11.2f} {max(warms):>11.2f}")
+            print(f"{'slowest':<22} {max(firsts):>11.2f} {max(medians):>11.2f}"
+                  + (f" {max(warms):>9.2f}" if a.rounds > 1 else ""))
     problems = [(r.target, v) for r in results for v in r.first + r.warm if v.seconds is None or v.problem]
     for target, v in problems:
         print(f"error: {target}: {v.page}: {v.problem or 'failed'}")
