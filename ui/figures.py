@@ -297,6 +297,18 @@ def _axis_settings(axis, x_ref: str | None = None) -> dict:
     return settings
 
 
+def _add_panel(fig: go.Figure, panel: go.Figure, row: int, col: int, colorbar: dict) -> None:
+    """Every trace of ``panel`` into subplot (row, col) of ``fig``; its colour bars get ``colorbar``'s placement.
+
+    The copies in ``fig`` are placed, so the panel itself is left as it was.
+    """
+    for trace in panel.data:
+        fig.add_trace(trace, row=row, col=col)
+        added = fig.data[-1]
+        if isinstance(added, go.Heatmap) and added.showscale:
+            added.update(colorbar=colorbar)
+
+
 def panel_row(panels: list[go.Figure], height: int = 300, spacing: float = 0.07) -> go.Figure:
     """Square panels made by the functions above, side by side in one figure, each keeping its title and colour bar.
 
@@ -309,11 +321,8 @@ def panel_row(panels: list[go.Figure], height: int = 300, spacing: float = 0.07)
     for j, panel in enumerate(panels, start=1):
         suffix = "" if j == 1 else str(j)
         x_domain = fig.layout[f"xaxis{suffix}"].domain
-        for trace in panel.data:
-            if isinstance(trace, go.Heatmap) and trace.showscale:
-                # Each colour bar just right of its own panel, not at the figure's right edge.
-                trace.update(colorbar=dict(x=x_domain[1] + 0.005, xanchor="left", len=0.85, thickness=10))
-            fig.add_trace(trace, row=1, col=j)
+        # Each colour bar just right of its own panel, not at the figure's right edge.
+        _add_panel(fig, panel, 1, j, colorbar=dict(x=x_domain[1] + 0.005, xanchor="left", len=0.85, thickness=10))
         # Squares pushed to the right of their cells: next to their colour bars.
         fig.update_xaxes(_axis_settings(panel.layout.xaxis), constraintoward="right", row=1, col=j)
         fig.update_yaxes(_axis_settings(panel.layout.yaxis, x_ref=f"x{suffix}"), row=1, col=j)
@@ -333,11 +342,8 @@ def strip_stack(strips: list[go.Figure], strip_px: int = 55, gap_px: int = 45) -
     for i, strip in enumerate(strips, start=1):
         suffix = "" if i == 1 else str(i)
         y_domain = fig.layout[f"yaxis{suffix}"].domain
-        for trace in strip.data:
-            if isinstance(trace, go.Heatmap) and trace.showscale:
-                trace.update(colorbar=dict(y=(y_domain[0] + y_domain[1]) / 2, yanchor="middle",
-                                           len=y_domain[1] - y_domain[0]))
-            fig.add_trace(trace, row=i, col=1)
+        _add_panel(fig, strip, i, 1, colorbar=dict(y=(y_domain[0] + y_domain[1]) / 2, yanchor="middle",
+                                                   len=y_domain[1] - y_domain[0]))
         fig.update_xaxes(domain=[0, STRIP_WIDTH], row=i, col=1)
         fig.update_yaxes(showticklabels=False, row=i, col=1)
         for shape in strip.layout.shapes:
